@@ -1,0 +1,1 @@
+//! Rejected raw records: rejects.jsonl (issue 3) — module under construction.

@@ -1,0 +1,39 @@
+//! `tools`: inspect and verify prepared shards, check model parity against golden fixtures.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod parity;
+mod shard;
+
+#[derive(Parser)]
+#[command(name = "tools", version, about = "roomplan tools: shard inspection/verification and model parity checks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect, verify, digest or merge a prepared dataset (Arrow shards + manifest.json).
+    #[command(subcommand)]
+    Shard(shard::ShardCommand),
+    /// Run every parity check of a golden-tensor fixture folder (Qwen3 or VGGT) and print max abs differences.
+    Parity(parity::ParityArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Shard(cmd) => shard::run(cmd),
+        Command::Parity(args) => parity::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

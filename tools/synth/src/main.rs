@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("synth: under construction");
+    std::process::exit(2);
+}

@@ -1,0 +1,1 @@
+//! (issue 6: VGGT / Perceiver / geometry head / fusion) — module under construction.

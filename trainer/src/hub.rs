@@ -1,0 +1,1 @@
+//! (issue 5: Qwen3 + LoRA) — module under construction.
