@@ -5,6 +5,38 @@ use serde::{Deserialize, Serialize};
 
 pub type Vec3 = [f64; 3];
 
+/// Transcendental functions from the pure-Rust `libm`, so that output bytes do not depend on
+/// the platform's C math library (the generator promises identical files on every machine).
+pub trait DetMath {
+    fn dsin(self) -> f64;
+    fn dcos(self) -> f64;
+    fn dsin_cos(self) -> (f64, f64);
+    fn datan2(self, x: f64) -> f64;
+    fn dacos(self) -> f64;
+    fn dhypot(self, y: f64) -> f64;
+}
+
+impl DetMath for f64 {
+    fn dsin(self) -> f64 {
+        libm::sin(self)
+    }
+    fn dcos(self) -> f64 {
+        libm::cos(self)
+    }
+    fn dsin_cos(self) -> (f64, f64) {
+        (libm::sin(self), libm::cos(self))
+    }
+    fn datan2(self, x: f64) -> f64 {
+        libm::atan2(self, x)
+    }
+    fn dacos(self) -> f64 {
+        libm::acos(self)
+    }
+    fn dhypot(self, y: f64) -> f64 {
+        libm::hypot(self, y)
+    }
+}
+
 pub fn add(a: Vec3, b: Vec3) -> Vec3 {
     [a[0] + b[0], a[1] + b[1], a[2] + b[2]]
 }
@@ -66,7 +98,7 @@ pub fn column(m: &Mat3, j: usize) -> Vec3 {
 }
 /// Rotation by `angle` radians about +Z.
 pub fn rot_z(angle: f64) -> Mat3 {
-    let (s, c) = angle.sin_cos();
+    let (s, c) = angle.dsin_cos();
     [[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]
 }
 
@@ -75,7 +107,7 @@ pub fn rotation_to_axis_angle(r: &Mat3) -> Vec3 {
     let tr = r[0][0] + r[1][1] + r[2][2];
     let v = [r[2][1] - r[1][2], r[0][2] - r[2][0], r[1][0] - r[0][1]];
     // atan2 keeps full precision near 0 and π, where acos of the trace alone does not.
-    let angle = (norm(v) / 2.0).atan2((tr - 1.0) / 2.0);
+    let angle = (norm(v) / 2.0).datan2((tr - 1.0) / 2.0);
     if angle < 1e-9 {
         return scale(v, 0.5);
     }
@@ -94,7 +126,7 @@ pub fn rotation_to_axis_angle(r: &Mat3) -> Vec3 {
         }
         return scale(normalize(axis), angle);
     }
-    scale(v, angle / (2.0 * angle.sin()))
+    scale(v, angle / (2.0 * angle.dsin()))
 }
 
 /// Axis-angle (Rodrigues) vector → rotation matrix.
@@ -104,7 +136,7 @@ pub fn axis_angle_to_rotation(v: Vec3) -> Mat3 {
         return IDENTITY3;
     }
     let [x, y, z] = scale(v, 1.0 / angle);
-    let (s, c) = angle.sin_cos();
+    let (s, c) = angle.dsin_cos();
     let t = 1.0 - c;
     [
         [t * x * x + c, t * x * y - s * z, t * x * z + s * y],

@@ -27,6 +27,7 @@ pub mod roomplan;
 pub mod scannet;
 pub mod scene;
 
+use crate::geom::DetMath;
 use anyhow::{bail, Context, Result};
 use geom::{Intrinsics, Rigid};
 use rand::{Rng, SeedableRng};
@@ -560,7 +561,7 @@ fn write_bird(
     out: &Path,
 ) -> Result<()> {
     let (w, h) = cfg.bird_size;
-    let diag = plan.room.size[0].hypot(plan.room.size[1]);
+    let diag = plan.room.size[0].dhypot(plan.room.size[1]);
     let mpp = diag * 1.05 / w.min(h) as f64;
     let room_from_centred = plan.scannet_from_room.inverse().compose(&Rigid {
         r: geom::IDENTITY3,

@@ -1,6 +1,7 @@
 //! Question generation for ScanQA (FORMATS.md §2) and SQA3D (§3). Every answer follows from
 //! the room by a fixed rule, documented on each template.
 
+use crate::geom::DetMath;
 use crate::geom::{self, Rigid, Vec3};
 use crate::scene::{Object, Room};
 use rand::seq::SliceRandom;
@@ -29,7 +30,7 @@ fn plural(class: &str) -> String {
 }
 
 fn horizontal_distance(a: &Object, b: &Object) -> f64 {
-    (a.centre[0] - b.centre[0]).hypot(a.centre[1] - b.centre[1])
+    (a.centre[0] - b.centre[0]).dhypot(a.centre[1] - b.centre[1])
 }
 
 /// A ScanQA question before ids are assigned.
@@ -153,7 +154,7 @@ pub struct Situation {
 pub fn bearing_deg(pos: Vec3, facing: Vec3, p: Vec3) -> f64 {
     let d = [p[0] - pos[0], p[1] - pos[1], 0.0];
     let left = [-facing[1], facing[0], 0.0];
-    geom::dot(d, left).atan2(geom::dot(d, facing)).to_degrees()
+    geom::dot(d, left).datan2(geom::dot(d, facing)).to_degrees()
 }
 
 fn nearest_in<'a>(room: &'a Room, pos: Vec3, facing: Vec3, lo: f64, hi: f64) -> Option<&'a Object> {
@@ -164,8 +165,8 @@ fn nearest_in<'a>(room: &'a Room, pos: Vec3, facing: Vec3, lo: f64, hi: f64) -> 
             b >= lo && b <= hi
         })
         .min_by(|a, b| {
-            let da = (a.centre[0] - pos[0]).hypot(a.centre[1] - pos[1]);
-            let db = (b.centre[0] - pos[0]).hypot(b.centre[1] - pos[1]);
+            let da = (a.centre[0] - pos[0]).dhypot(a.centre[1] - pos[1]);
+            let db = (b.centre[0] - pos[0]).dhypot(b.centre[1] - pos[1]);
             da.total_cmp(&db)
         })
 }
@@ -194,8 +195,8 @@ pub fn situation_questions(
         .iter()
         .filter(|o| bearing_deg(pos, facing, o.centre).abs() >= 135.0)
         .min_by(|a, b| {
-            let da = (a.centre[0] - pos[0]).hypot(a.centre[1] - pos[1]);
-            let db = (b.centre[0] - pos[0]).hypot(b.centre[1] - pos[1]);
+            let da = (a.centre[0] - pos[0]).dhypot(a.centre[1] - pos[1]);
+            let db = (b.centre[0] - pos[0]).dhypot(b.centre[1] - pos[1]);
             da.total_cmp(&db)
         });
     if let Some(o) = behind {
@@ -347,8 +348,8 @@ pub fn sqa3d_pose(
     let p = scannet_from_room.apply(s.position);
     let f = scannet_from_room.rotate(s.facing);
     // R(ψ)·(−1,0,0) = (−cos ψ, −sin ψ, 0).
-    let yaw = (-f[1]).atan2(-f[0]);
-    let (qz, qw) = ((yaw / 2.0).sin(), (yaw / 2.0).cos());
+    let yaw = (-f[1]).datan2(-f[0]);
+    let (qz, qw) = ((yaw / 2.0).dsin(), (yaw / 2.0).dcos());
     let num = crate::json_number;
     let position = json!({"x": p[0] - mesh_centre[0], "y": p[1] - mesh_centre[1], "z": 0});
     let rotation = json!({"_x": 0, "_y": 0, "_z": num(clean(qz)), "_w": num(clean(qw))});

@@ -2,6 +2,7 @@
 //! `[.prettyPrinted, .sortedKeys]` writes it: sorted keys, `" : "`, two-space indentation,
 //! empty containers as `[\n\n  ]`, floats as shortest `Float` strings, `/` escaped as `\/`.
 
+use crate::geom::DetMath;
 use crate::geom::{self, Rigid, Vec3};
 use crate::scene::Room;
 use serde_json::{json, Value};
@@ -13,7 +14,7 @@ pub const YUP_FROM_ZUP: [[f64; 3]; 3] = [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0,
 /// room, camera-to-room) — origin at that camera, −Z along its horizontal viewing direction.
 pub fn world_from_room(session_start: &Rigid) -> Rigid {
     let forward = geom::column(&session_start.r, 2);
-    let heading = forward[1].atan2(forward[0]);
+    let heading = forward[1].datan2(forward[0]);
     // Turn the heading onto +y (Z-up), which Y-up maps to −Z.
     let zup = Rigid {
         r: geom::rot_z(std::f64::consts::FRAC_PI_2 - heading),

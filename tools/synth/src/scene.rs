@@ -5,6 +5,7 @@
 //! z ∈ [0, h]. It equals ScanNet's axis-aligned frame of the scene; every dataset's world is a
 //! rigid transform of it (recorded in `synth.json`).
 
+use crate::geom::DetMath;
 use crate::geom::{self, Mat3, Rigid, Vec3};
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -369,7 +370,7 @@ pub fn generate_room(rng: &mut impl RngCore) -> Room {
     let path: Vec<[f64; 2]> = (0..64)
         .map(|i| {
             let s = i as f64 / 64.0 * std::f64::consts::TAU;
-            [rx * s.cos(), ry * s.sin()]
+            [rx * s.dcos(), ry * s.dsin()]
         })
         .collect();
     let door_wall_spec = walls[door_wall];
@@ -412,10 +413,10 @@ pub fn generate_room(rng: &mut impl RngCore) -> Room {
                     w.start[0] + w.dir[0] * along + w.inward[0] * off,
                     w.start[1] + w.dir[1] * along + w.inward[1] * off,
                 ],
-                w.dir[1].atan2(w.dir[0]),
+                w.dir[1].datan2(w.dir[0]),
             )
         } else {
-            let r = (ext[0].hypot(ext[1])) / 2.0 + 0.05;
+            let r = (ext[0].dhypot(ext[1])) / 2.0 + 0.05;
             let (hw, hd) = (size[0] / 2.0 - r, size[1] / 2.0 - r);
             if hw <= 0.0 || hd <= 0.0 {
                 continue;
@@ -445,7 +446,7 @@ pub fn generate_room(rng: &mut impl RngCore) -> Room {
         let near_door = ((door_centre[0] - centre_xy[0]).powi(2)
             + (door_centre[1] - centre_xy[1]).powi(2))
         .sqrt()
-            < door_width / 2.0 + ext[0].hypot(ext[1]) / 2.0 + 0.3;
+            < door_width / 2.0 + ext[0].dhypot(ext[1]) / 2.0 + 0.3;
         let padded = candidate.footprint(0.05);
         let overlaps = room
             .objects
@@ -461,13 +462,13 @@ pub fn generate_room(rng: &mut impl RngCore) -> Room {
 /// Camera-to-room pose of an OpenCV camera at `position` looking along yaw/pitch, rolled by `roll`.
 pub fn look_pose(position: Vec3, yaw: f64, pitch: f64, roll: f64) -> Rigid {
     let forward = [
-        pitch.cos() * yaw.cos(),
-        pitch.cos() * yaw.sin(),
-        pitch.sin(),
+        pitch.dcos() * yaw.dcos(),
+        pitch.dcos() * yaw.dsin(),
+        pitch.dsin(),
     ];
     let right0 = geom::normalize(geom::cross(forward, [0.0, 0.0, 1.0]));
     let down0 = geom::cross(forward, right0);
-    let (s, c) = roll.sin_cos();
+    let (s, c) = roll.dsin_cos();
     let right = geom::add(geom::scale(right0, c), geom::scale(down0, s));
     let down = geom::add(geom::scale(down0, c), geom::scale(right0, -s));
     Rigid {
@@ -487,10 +488,10 @@ pub fn camera_walk(room: &Room, frames: usize, rng: &mut impl RngCore) -> Vec<Ri
     (0..frames)
         .map(|i| {
             let s = phase + laps * std::f64::consts::TAU * i as f64 / frames.max(1) as f64;
-            let position = [rx * s.cos(), ry * s.sin(), eye + 0.04 * (3.0 * s).sin()];
-            let yaw = s + 0.9 * (2.0 * s + swing_phase).sin();
-            let pitch = -0.22 - 0.12 * (3.0 * s + swing_phase).sin();
-            let roll = 0.04 * (5.0 * s).sin();
+            let position = [rx * s.dcos(), ry * s.dsin(), eye + 0.04 * (3.0 * s).dsin()];
+            let yaw = s + 0.9 * (2.0 * s + swing_phase).dsin();
+            let pitch = -0.22 - 0.12 * (3.0 * s + swing_phase).dsin();
+            let roll = 0.04 * (5.0 * s).dsin();
             look_pose(position, yaw, pitch, roll)
         })
         .collect()
