@@ -206,7 +206,10 @@ fn sens_files_agree_with_the_scene_description() {
             let (worst, valid) =
                 worst_backprojection(&depth, 40, &sens.k_depth, pose, &axis, &scene["room"]);
             // Windows (glass) read 0; a view straight at one loses much of the frame.
-            assert!(valid > 40 * 30 / 5, "{id} frame {i}: only {valid} valid depth pixels");
+            assert!(
+                valid > 40 * 30 / 5,
+                "{id} frame {i}: only {valid} valid depth pixels"
+            );
             scene_valid += valid;
             // f32 pose entries in a frame a few metres from the origin add a few µm.
             assert!(
@@ -214,7 +217,10 @@ fn sens_files_agree_with_the_scene_description() {
                 "{id} frame {i}: a depth pixel lands {worst} m off every surface"
             );
         }
-        assert!(scene_valid > frames.len() * 1200 * 7 / 10, "{id}: {scene_valid} valid depth pixels");
+        assert!(
+            scene_valid > frames.len() * 1200 * 7 / 10,
+            "{id}: {scene_valid} valid depth pixels"
+        );
     }
 }
 
@@ -458,10 +464,19 @@ fn portrait_captures_are_stored_rotated() {
     // right) points down in the world; `Right` is the mirror case.
     let t = truth();
     let x_axis_up = |scene: &Value| -> Vec<f64> {
-        scene["arkit"]["frames"].as_array().unwrap().iter().map(|fr| m16(&fr["c2w"])[8]).collect()
+        scene["arkit"]["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|fr| m16(&fr["c2w"])[8])
+            .collect()
     };
     assert_eq!(t["scenes"][1]["arkit"]["sky_direction"], "Left");
-    assert!(x_axis_up(&t["scenes"][1]).iter().all(|z| *z < -0.7), "{:?}", x_axis_up(&t["scenes"][1]));
+    assert!(
+        x_axis_up(&t["scenes"][1]).iter().all(|z| *z < -0.7),
+        "{:?}",
+        x_axis_up(&t["scenes"][1])
+    );
     assert_eq!(t["scenes"][2]["arkit"]["sky_direction"], "Right");
     assert!(x_axis_up(&t["scenes"][2]).iter().all(|z| *z > 0.7));
     assert_eq!(t["scenes"][0]["arkit"]["sky_direction"], "Up");
