@@ -319,10 +319,11 @@ pub fn situations(
                 }
             }
         };
-        // Don't ask what the situation text already says.
+        // Don't ask what the situation text already says: a side question whose object or
+        // answer the text names together with that side.
         let questions = questions
             .into_iter()
-            .filter(|(q, a)| !(text.contains(a.as_str()) && q.starts_with("What is on my")))
+            .filter(|(q, a)| !leaks_answer(&text, q, a))
             .collect::<Vec<_>>();
         if questions.is_empty() {
             continue;
@@ -336,6 +337,20 @@ pub fn situations(
         });
     }
     out
+}
+
+/// True when `text` already answers the side question `q` (e.g. "... the sofa on my left"
+/// with "What is on my left?" → sofa, or "Is the sofa on my left or on my right?" → left).
+fn leaks_answer(text: &str, q: &str, a: &str) -> bool {
+    let side_question = q.starts_with("What is on my") || q.starts_with("Is the ");
+    let mentions_side =
+        text.contains("on my left") || text.contains("on my right") || text.contains("to my");
+    side_question
+        && mentions_side
+        && (text.contains(a)
+            || q.strip_prefix("Is the ")
+                .and_then(|r| r.split(" on my").next())
+                .is_some_and(|obj| text.contains(obj)))
 }
 
 /// SQA3D `position` and `rotation` of a situation: metres in the raw mesh frame centred on the

@@ -45,116 +45,143 @@ pub fn shade(rgb: [u8; 3], factor: f64) -> [u8; 3] {
 
 /// Casts a ray from `o` along `d` (room frame). `with_ceiling = false` for top-down views.
 pub fn cast(room: &Room, o: Vec3, d: Vec3, with_ceiling: bool) -> Option<Hit> {
-    let (hw, hd, h) = (room.size[0] / 2.0, room.size[1] / 2.0, room.size[2]);
-    let mut best: Option<(f64, Surface)> = None;
-    let consider = |t: f64, s: Surface, best: &mut Option<(f64, Surface)>| {
-        if t > 1e-9 && best.is_none_or(|(bt, _)| t < bt) {
-            *best = Some((t, s));
-        }
-    };
-    // Room planes, seen from inside (a ray from outside, e.g. the bird's-eye view, may also hit
-    // the floor from above; walls are only hit where the hit point lies on the wall rectangle).
-    if d[2] < 0.0 {
-        let t = (0.0 - o[2]) / d[2];
-        let p = geom::add(o, geom::scale(d, t));
-        if p[0].abs() <= hw && p[1].abs() <= hd {
-            consider(t, Surface::Floor, &mut best);
+    Prepared::new(room).cast(o, d, with_ceiling)
+}
+
+/// A room with what every ray needs precomputed (box rotations, wall geometry).
+pub struct Prepared<'a> {
+    room: &'a Room,
+    /// Per object: room → box rotation (transpose of the box's rotation).
+    box_from_room: Vec<geom::Mat3>,
+    walls: [crate::scene::Wall; 4],
+}
+
+impl<'a> Prepared<'a> {
+    pub fn new(room: &'a Room) -> Self {
+        Prepared {
+            room,
+            box_from_room: room
+                .objects
+                .iter()
+                .map(|o| geom::transpose(&o.rotation()))
+                .collect(),
+            walls: room.walls(),
         }
     }
-    if with_ceiling && d[2] > 0.0 {
-        consider((h - o[2]) / d[2], Surface::Ceiling, &mut best);
-    }
-    let planes = [(1usize, -hd, 0u8), (0, hw, 1), (1, hd, 2), (0, -hw, 3)];
-    for (axis, value, wall) in planes {
-        if d[axis] != 0.0 {
-            let t = (value - o[axis]) / d[axis];
+
+    pub fn cast(&self, o: Vec3, d: Vec3, with_ceiling: bool) -> Option<Hit> {
+        let room = self.room;
+        let (hw, hd, h) = (room.size[0] / 2.0, room.size[1] / 2.0, room.size[2]);
+        let mut best: Option<(f64, Surface)> = None;
+        let consider = |t: f64, s: Surface, best: &mut Option<(f64, Surface)>| {
+            if t > 1e-9 && best.is_none_or(|(bt, _)| t < bt) {
+                *best = Some((t, s));
+            }
+        };
+        // Room planes, seen from inside (a ray from outside, e.g. the bird's-eye view, may also hit
+        // the floor from above; walls are only hit where the hit point lies on the wall rectangle).
+        if d[2] < 0.0 {
+            let t = (0.0 - o[2]) / d[2];
             let p = geom::add(o, geom::scale(d, t));
-            let other = 1 - axis;
-            let half_other = if other == 0 { hw } else { hd };
-            if p[other].abs() <= half_other + 1e-9 && p[2] >= 0.0 && p[2] <= h {
-                consider(t, Surface::Wall(wall), &mut best);
+            if p[0].abs() <= hw && p[1].abs() <= hd {
+                consider(t, Surface::Floor, &mut best);
             }
         }
-    }
-    for obj in &room.objects {
-        let r = obj.rotation();
-        let rt = geom::transpose(&r);
-        let lo = geom::mat_vec(&rt, geom::sub(o, obj.centre));
-        let ld = geom::mat_vec(&rt, d);
-        let half = obj.half();
-        let (mut tmin, mut tmax) = (f64::NEG_INFINITY, f64::INFINITY);
-        let mut enter_axis = 0usize;
-        let mut miss = false;
-        for k in 0..3 {
-            if ld[k].abs() < 1e-15 {
-                if lo[k].abs() > half[k] {
-                    miss = true;
-                    break;
+        if with_ceiling && d[2] > 0.0 {
+            consider((h - o[2]) / d[2], Surface::Ceiling, &mut best);
+        }
+        let planes = [(1usize, -hd, 0u8), (0, hw, 1), (1, hd, 2), (0, -hw, 3)];
+        for (axis, value, wall) in planes {
+            if d[axis] != 0.0 {
+                let t = (value - o[axis]) / d[axis];
+                let p = geom::add(o, geom::scale(d, t));
+                let other = 1 - axis;
+                let half_other = if other == 0 { hw } else { hd };
+                if p[other].abs() <= half_other + 1e-9 && p[2] >= 0.0 && p[2] <= h {
+                    consider(t, Surface::Wall(wall), &mut best);
                 }
+            }
+        }
+        for (obj, rt) in room.objects.iter().zip(&self.box_from_room) {
+            let lo = geom::mat_vec(rt, geom::sub(o, obj.centre));
+            let ld = geom::mat_vec(rt, d);
+            let half = obj.half();
+            let (mut tmin, mut tmax) = (f64::NEG_INFINITY, f64::INFINITY);
+            let mut enter_axis = 0usize;
+            let mut miss = false;
+            for k in 0..3 {
+                if ld[k].abs() < 1e-15 {
+                    if lo[k].abs() > half[k] {
+                        miss = true;
+                        break;
+                    }
+                    continue;
+                }
+                let t1 = (-half[k] - lo[k]) / ld[k];
+                let t2 = (half[k] - lo[k]) / ld[k];
+                let (a, b) = if t1 < t2 { (t1, t2) } else { (t2, t1) };
+                if a > tmin {
+                    tmin = a;
+                    enter_axis = k;
+                }
+                tmax = tmax.min(b);
+            }
+            if miss || tmin > tmax || tmin <= 1e-9 {
                 continue;
             }
-            let t1 = (-half[k] - lo[k]) / ld[k];
-            let t2 = (half[k] - lo[k]) / ld[k];
-            let (a, b) = if t1 < t2 { (t1, t2) } else { (t2, t1) };
-            if a > tmin {
-                tmin = a;
-                enter_axis = k;
-            }
-            tmax = tmax.min(b);
-        }
-        if miss || tmin > tmax || tmin <= 1e-9 {
-            continue;
-        }
-        let face = match enter_axis {
-            2 if ld[2] < 0.0 => 0, // entering through the top
-            2 => 1,
-            0 => 2,
-            _ => 3,
-        };
-        consider(
-            tmin,
-            Surface::Object {
-                id: obj.id as u16,
-                face,
-            },
-            &mut best,
-        );
-    }
-    let (t, surface) = best?;
-    let p = geom::add(o, geom::scale(d, t));
-    let (surface, rgb) = match surface {
-        Surface::Floor => {
-            let tile = ((p[0] / 0.5).floor() as i64 + (p[1] / 0.5).floor() as i64).rem_euclid(2);
-            (
-                surface,
-                shade(room.floor_rgb, if tile == 0 { 1.0 } else { 0.88 }),
-            )
-        }
-        Surface::Ceiling => (surface, room.ceiling_rgb),
-        Surface::Wall(w) => {
-            let wall = room.walls()[w as usize];
-            let along = (p[0] - wall.start[0]) * wall.dir[0] + (p[1] - wall.start[1]) * wall.dir[1];
-            let inside = |o: &crate::scene::WallOpening| {
-                o.wall == w as usize
-                    && (along - o.along).abs() <= o.width / 2.0
-                    && p[2] >= o.bottom
-                    && p[2] <= o.bottom + o.height
+            let face = match enter_axis {
+                2 if ld[2] < 0.0 => 0, // entering through the top
+                2 => 1,
+                0 => 2,
+                _ => 3,
             };
-            if inside(&room.door) {
-                (Surface::Door, DOOR_RGB)
-            } else if room.windows.iter().any(inside) {
-                (Surface::Window, WINDOW_RGB)
-            } else {
-                (surface, shade(room.wall_rgb, WALL_SHADE[w as usize]))
-            }
+            consider(
+                tmin,
+                Surface::Object {
+                    id: obj.id as u16,
+                    face,
+                },
+                &mut best,
+            );
         }
-        Surface::Object { id, face } => (
-            surface,
-            shade(room.objects[id as usize].rgb, FACE_SHADE[face as usize]),
-        ),
-        other => (other, [0, 0, 0]),
-    };
-    Some(Hit { t, surface, rgb })
+        let (t, surface) = best?;
+        let p = geom::add(o, geom::scale(d, t));
+        let (surface, rgb) = match surface {
+            Surface::Floor => {
+                let tile =
+                    ((p[0] / 0.5).floor() as i64 + (p[1] / 0.5).floor() as i64).rem_euclid(2);
+                (
+                    surface,
+                    shade(room.floor_rgb, if tile == 0 { 1.0 } else { 0.88 }),
+                )
+            }
+            Surface::Ceiling => (surface, room.ceiling_rgb),
+            Surface::Wall(w) => {
+                let wall = self.walls[w as usize];
+                let along =
+                    (p[0] - wall.start[0]) * wall.dir[0] + (p[1] - wall.start[1]) * wall.dir[1];
+                let inside = |o: &crate::scene::WallOpening| {
+                    o.wall == w as usize
+                        && (along - o.along).abs() <= o.width / 2.0
+                        && p[2] >= o.bottom
+                        && p[2] <= o.bottom + o.height
+                };
+                if inside(&room.door) {
+                    (Surface::Door, DOOR_RGB)
+                } else if room.windows.iter().any(inside) {
+                    (Surface::Window, WINDOW_RGB)
+                } else {
+                    (surface, shade(room.wall_rgb, WALL_SHADE[w as usize]))
+                }
+            }
+            Surface::Object { id, face } => (
+                surface,
+                shade(room.objects[id as usize].rgb, FACE_SHADE[face as usize]),
+            ),
+            other => (other, [0, 0, 0]),
+        };
+        Some(Hit { t, surface, rgb })
+    }
 }
 
 /// One rendered view.
@@ -194,11 +221,12 @@ pub fn render(room: &Room, k: &Intrinsics, c2r: &Rigid, max_depth: f64) -> View 
         depth: vec![0.0; n],
         surface: vec![None; n],
     };
+    let scene = Prepared::new(room);
     for v in 0..k.height {
         for u in 0..k.width {
             let i = (v * k.width + u) as usize;
             let d = c2r.rotate(k.ray(u as f64, v as f64));
-            if let Some(hit) = cast(room, c2r.t, d, true) {
+            if let Some(hit) = scene.cast(c2r.t, d, true) {
                 view.rgb[i * 3..i * 3 + 3].copy_from_slice(&hit.rgb);
                 view.surface[i] = Some(hit.surface);
                 if hit.surface != Surface::Window && hit.t <= max_depth {
@@ -223,6 +251,7 @@ pub fn render_top_down(
 ) -> Vec<u8> {
     let mut rgb = vec![255u8; (width * height * 3) as usize];
     let top = room.size[2] + 1.0;
+    let scene = Prepared::new(room);
     for v in 0..height {
         for u in 0..width {
             let x = (u as f64 - (width as f64 - 1.0) / 2.0) * mpp;
@@ -231,7 +260,7 @@ pub fn render_top_down(
             if p[0].abs() > room.size[0] / 2.0 || p[1].abs() > room.size[1] / 2.0 {
                 continue;
             }
-            if let Some(hit) = cast(room, [p[0], p[1], top], [0.0, 0.0, -1.0], false) {
+            if let Some(hit) = scene.cast([p[0], p[1], top], [0.0, 0.0, -1.0], false) {
                 let i = ((v * width + u) * 3) as usize;
                 rgb[i..i + 3].copy_from_slice(&hit.rgb);
             }

@@ -380,9 +380,9 @@ pub fn generate_room(rng: &mut impl RngCore) -> Room {
     ];
 
     let total_weight: u32 = CLASSES.iter().map(|c| c.weight).sum();
-    let target = rng.random_range(5..=9);
+    let target = rng.random_range(6..=10);
     let mut attempts = 0;
-    while room.objects.len() < target && attempts < 400 {
+    while room.objects.len() < target && attempts < 600 {
         attempts += 1;
         let mut pick = rng.random_range(0..total_weight);
         let spec = CLASSES
@@ -441,7 +441,7 @@ pub fn generate_room(rng: &mut impl RngCore) -> Room {
         let inside = foot
             .iter()
             .all(|p| p[0].abs() < hw - 0.01 && p[1].abs() < hd - 0.01);
-        let clearance = candidate.footprint(0.45);
+        let clearance = candidate.footprint(0.35);
         let blocks_path = path.iter().any(|p| point_in_quad(*p, &clearance));
         let near_door = ((door_centre[0] - centre_xy[0]).powi(2)
             + (door_centre[1] - centre_xy[1]).powi(2))
@@ -478,7 +478,8 @@ pub fn look_pose(position: Vec3, yaw: f64, pitch: f64, roll: f64) -> Rigid {
 }
 
 /// Camera-to-room poses of a walk around the room's free loop: eye height 1.4–1.6 m, looking
-/// outwards at walls and furniture while swinging left and right, slightly down.
+/// mostly across the room and slightly down, swinging up to ±80° left and right so the walls
+/// behind the furniture come into view too.
 pub fn camera_walk(room: &Room, frames: usize, rng: &mut impl RngCore) -> Vec<Rigid> {
     let (rx, ry) = walk_radii(room.size);
     let phase = uniform(rng, (0.0, std::f64::consts::TAU));
@@ -489,8 +490,8 @@ pub fn camera_walk(room: &Room, frames: usize, rng: &mut impl RngCore) -> Vec<Ri
         .map(|i| {
             let s = phase + laps * std::f64::consts::TAU * i as f64 / frames.max(1) as f64;
             let position = [rx * s.dcos(), ry * s.dsin(), eye + 0.04 * (3.0 * s).dsin()];
-            let yaw = s + 0.9 * (2.0 * s + swing_phase).dsin();
-            let pitch = -0.22 - 0.12 * (3.0 * s + swing_phase).dsin();
+            let yaw = s + std::f64::consts::PI + 1.4 * (2.0 * s + swing_phase).dsin();
+            let pitch = -0.3 - 0.12 * (3.0 * s + swing_phase).dsin();
             let roll = 0.04 * (5.0 * s).dsin();
             look_pose(position, yaw, pitch, roll)
         })
