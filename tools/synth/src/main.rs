@@ -44,6 +44,15 @@ struct Args {
     /// ScanNet depth size WxH (real ScanNet: 640x480).
     #[arg(long, default_value = "160x120", value_parser = parse_size)]
     depth_size: (u32, u32),
+    /// SQA3D bird's-eye PNG size WxH.
+    #[arg(long, default_value = "320x180", value_parser = parse_size)]
+    bird_size: (u32, u32),
+    /// ScanQA questions per room.
+    #[arg(long, default_value_t = 12)]
+    questions: usize,
+    /// SQA3D situations per room (each with several questions).
+    #[arg(long, default_value_t = 4)]
+    situations: usize,
     /// Which ScanNet representation to write: the raw .sens, the SensReader export folders, or both.
     #[arg(long, value_enum, default_value = "sens")]
     scannet_format: Format,
@@ -81,8 +90,10 @@ fn main() -> Result<()> {
             Format::Export => ScannetFormat::Export,
             Format::Both => ScannetFormat::Both,
         },
+        bird_size: args.bird_size,
+        scanqa_per_scene: args.questions,
+        sqa3d_situations_per_scene: args.situations,
         faults: args.faults,
-        ..SynthConfig::default()
     };
     let mut pool = rayon::ThreadPoolBuilder::new();
     if let Some(n) = args.threads {
@@ -91,7 +102,7 @@ fn main() -> Result<()> {
     let pool = pool.build()?;
     let bar = ProgressBar::new(cfg.work_units());
     bar.set_style(ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} frames ({eta})",
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} frames+rooms ({eta})",
     )?);
     let summary = pool.install(|| generate_with_progress(&cfg, &args.out, &|n| bar.inc(n)))?;
     bar.finish_and_clear();
