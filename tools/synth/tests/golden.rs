@@ -94,3 +94,79 @@ fn refuses_a_non_empty_output_folder() {
         "{err}"
     );
 }
+
+#[test]
+fn binary_prints_the_tree_digest_of_what_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cli");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_synth"))
+        .args([
+            "--out",
+            out.to_str().unwrap(),
+            "--seed",
+            "11",
+            "--scenes",
+            "2",
+            "--frames",
+            "8",
+        ])
+        .args([
+            "--color-size",
+            "48x36",
+            "--depth-size",
+            "32x24",
+            "--bird-size",
+            "32x24",
+        ])
+        .args(["--scannet-format", "both", "--threads", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8(run.stdout).unwrap();
+    let (digest, _, _) = roomplan_synth::io::tree_digest(&out).unwrap();
+    assert_eq!(stdout.trim(), digest);
+    // Same arguments as `tiny(false)`, so the same tree as the library writes.
+    let (_lib, summary) = generate_with_threads(&tiny(false), 1);
+    assert_eq!(summary.tree_digest, digest);
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_synth"))
+        .args(["--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is not empty"));
+}
+
+#[test]
+fn scannet_format_selects_sens_or_export_files() {
+    for (format, sens, export) in [
+        (ScannetFormat::Sens, true, false),
+        (ScannetFormat::Export, false, true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        generate(
+            &SynthConfig {
+                scannet_format: format,
+                ..tiny(false)
+            },
+            &out,
+        )
+        .unwrap();
+        let scan = out.join("scannet/scans/scene0000_00");
+        assert_eq!(scan.join("scene0000_00.sens").exists(), sens, "{format:?}");
+        assert_eq!(scan.join("color/0.jpg").exists(), export, "{format:?}");
+        assert_eq!(
+            scan.join("intrinsic/intrinsic_color.txt").exists(),
+            export,
+            "{format:?}"
+        );
+        assert!(
+            scan.join("scene0000_00.txt").exists()
+                && scan.join("scene0000_00_vh_clean_2.ply").exists()
+        );
+    }
+}
