@@ -528,6 +528,36 @@ mod tests {
     }
 
     #[test]
+    fn cameras_walk_in_free_space_at_eye_height() {
+        for seed in 0..30 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let room = generate_room(&mut rng);
+            for pose in camera_walk(&room, 24, &mut rng) {
+                let p = pose.t;
+                assert!(
+                    (1.4..=1.6).contains(&p[2]),
+                    "seed {seed}: eye height {}",
+                    p[2]
+                );
+                assert!(
+                    p[0].abs() <= room.size[0] / 2.0 - 1.0
+                        && p[1].abs() <= room.size[1] / 2.0 - 1.0
+                );
+                for o in &room.objects {
+                    // Outside every footprint grown by 0.3 m.
+                    assert!(
+                        !point_in_quad([p[0], p[1]], &o.footprint(0.3)),
+                        "seed {seed}: camera in {}",
+                        o.class
+                    );
+                }
+                // Looking slightly down, never up.
+                assert!(geom::column(&pose.r, 2)[2] < 0.0);
+            }
+        }
+    }
+
+    #[test]
     fn look_pose_is_a_right_handed_opencv_camera() {
         let pose = look_pose([0.0, 0.0, 1.5], 0.0, 0.0, 0.0);
         // Looking along +x with +z up: camera +x (right) is room −y, camera +y (down) is room −z.
