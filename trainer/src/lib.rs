@@ -7,6 +7,8 @@ pub mod lora;
 pub mod chat;
 pub mod hub;
 pub mod parity_qwen3;
+// Parity report shared by the Qwen3 and VGGT checks.
+pub mod parity;
 
 // Vision side and fusion (issue 6).
 pub mod vggt;

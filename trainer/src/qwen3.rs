@@ -1,1 +1,768 @@
-//! (issue 5: Qwen3 + LoRA) — module under construction.
+//! Qwen3 decoder (transformers `Qwen3ForCausalLM`), trainable with LoRA.
+//!
+//! Written from differentiable ops only (candle's fused RMSNorm/RoPE/softmax have no backward, see
+//! STACK_NOTES), with frozen weights going through [`crate::frozen`] so their gradients are never
+//! computed. Parameter paths mirror the Hugging Face checkpoint keys, so published safetensors load
+//! unchanged. Activations are f32 whatever the dtype of the frozen weights (bf16 weights are cast in
+//! the graph, inside each projection).
+//!
+//! Two entry points share every layer: [`Qwen3::forward`] (whole sequences, training and parity) and
+//! [`Qwen3::forward_cached`] (generation with a [`KvCache`], kept separate so a training forward can
+//! never attend to stale keys).
+
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use crate::frozen;
+use crate::lora::LoraLayer;
+
+/// `rope_parameters` as written by transformers 5 (older configs have a top-level `rope_theta`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RopeParameters {
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_type: Option<String>,
+}
+
+/// The fields of a Qwen3 `config.json` that the decoder uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    /// Explicit in Qwen3 (128 for 4B, where heads × head_dim ≠ hidden).
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_max_position")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    #[serde(default)]
+    pub bos_token_id: Option<serde_json::Value>,
+    #[serde(default)]
+    pub eos_token_id: Option<serde_json::Value>,
+}
+
+fn default_max_position() -> usize {
+    32768
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_act() -> String {
+    "silu".into()
+}
+
+impl Config {
+    /// Reads and validates a checkpoint's `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: Config =
+            serde_json::from_str(&text).with_context(|| format!("{}: not a Qwen3 config.json", path.display()))?;
+        cfg.validate().with_context(|| format!("{}: unsupported Qwen3 config", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Refuses configurations this decoder would silently compute wrongly.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.hidden_act == "silu", "hidden_act {:?} (only silu is implemented)", self.hidden_act);
+        ensure!(!self.attention_bias, "attention_bias true (Qwen3 has no attention biases)");
+        ensure!(!self.use_sliding_window, "use_sliding_window true (not implemented)");
+        ensure!(
+            self.num_attention_heads > 0
+                && self.num_key_value_heads > 0
+                && self.num_attention_heads % self.num_key_value_heads == 0,
+            "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+            self.num_attention_heads,
+            self.num_key_value_heads
+        );
+        ensure!(self.head_dim() % 2 == 0, "head_dim {} is odd (RoPE needs pairs)", self.head_dim());
+        let scaling = self.rope_scaling.as_ref().filter(|v| !v.is_null());
+        let rope_type = self.rope_parameters.as_ref().and_then(|p| p.rope_type.as_deref());
+        ensure!(scaling.is_none(), "rope_scaling {} (only plain RoPE is implemented)", scaling.unwrap());
+        ensure!(
+            matches!(rope_type, None | Some("default")),
+            "rope_parameters.rope_type {rope_type:?} (only \"default\" is implemented)"
+        );
+        self.rope_theta()?;
+        Ok(())
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// RoPE base: top-level `rope_theta` or `rope_parameters.rope_theta`.
+    pub fn rope_theta(&self) -> Result<f64> {
+        self.rope_theta
+            .or_else(|| self.rope_parameters.as_ref().and_then(|p| p.rope_theta))
+            .context("neither rope_theta nor rope_parameters.rope_theta is given")
+    }
+
+    /// (in, out) features of a projection named as in the checkpoint (`q_proj`, ..., `down_proj`).
+    pub fn projection_shape(&self, module: &str) -> Result<(usize, usize)> {
+        let (h, d) = (self.hidden_size, self.head_dim());
+        Ok(match module {
+            "q_proj" => (h, self.num_attention_heads * d),
+            "k_proj" | "v_proj" => (h, self.num_key_value_heads * d),
+            "o_proj" => (self.num_attention_heads * d, h),
+            "gate_proj" | "up_proj" => (h, self.intermediate_size),
+            "down_proj" => (self.intermediate_size, h),
+            other => bail!("{other:?} is not a Qwen3 projection (q/k/v/o_proj, gate/up/down_proj)"),
+        })
+    }
+}
+
+/// Names of the projections in each decoder layer, with their parent module.
+pub const ATTENTION_PROJECTIONS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
+pub const MLP_PROJECTIONS: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+
+/// Checkpoint path of a projection (`model.layers.3.self_attn.q_proj`).
+pub fn projection_path(layer: usize, module: &str) -> String {
+    let parent = if MLP_PROJECTIONS.contains(&module) { "mlp" } else { "self_attn" };
+    format!("model.layers.{layer}.{parent}.{module}")
+}
+
+/// Per-call switches of a forward pass.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardOptions {
+    /// Also return the hidden states as transformers' `output_hidden_states` does.
+    pub output_hidden_states: bool,
+    /// Training mode: LoRA dropout is applied (a no-op at dropout 0).
+    pub train: bool,
+}
+
+/// Model input: token ids `[B, T]` (any integer dtype) or input embeddings `[B, T, hidden]`.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    Ids(&'a Tensor),
+    Embeds(&'a Tensor),
+}
+
+/// Output of [`Qwen3::forward`].
+#[derive(Debug, Clone)]
+pub struct ForwardOutput {
+    /// `[B, T, vocab]`, f32, every position.
+    pub logits: Tensor,
+    /// transformers' `hidden_states` when asked: index 0 the input embeddings, index i (0 < i < L)
+    /// the output of layer i−1, index L the last layer's output after the final RMSNorm.
+    pub hidden_states: Vec<Tensor>,
+}
+
+/// RMSNorm in f32 (`w ⊙ x / sqrt(mean(x²) + eps)`), built from differentiable ops.
+#[derive(Debug, Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { weight: vb.get(size, "weight")?.to_dtype(DType::F32)?, eps })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = x.broadcast_div(&(mean_sq + self.eps)?.sqrt()?)?;
+        Ok(frozen::broadcast_mul(&normed, &self.weight)?)
+    }
+}
+
+/// A frozen projection (no bias), optionally with a LoRA adapter.
+#[derive(Debug, Clone)]
+struct Projection {
+    weight: Tensor,
+    lora: Option<LoraLayer>,
+}
+
+/// How projections run: the sparing op (default) or candle's plain matmul (for benchmarks).
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    train: bool,
+    sparing: bool,
+}
+
+impl Projection {
+    fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { weight: vb.get((out_dim, in_dim), "weight")?, lora: None })
+    }
+
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let base = if mode.sparing { frozen::linear(x, &self.weight)? } else { frozen::linear_plain(x, &self.weight)? };
+        match &self.lora {
+            None => Ok(base),
+            Some(lora) => Ok(frozen::broadcast_add(&base, &lora.forward(x, mode.train)?)?),
+        }
+    }
+}
+
+/// Rotary tables for a batch: `cos`/`sin` `[B or 1, 1, T, head_dim]` (rotate-half layout).
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let half = x.dim(D::Minus1)? / 2;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        let a = frozen::broadcast_mul(x, &self.cos)?;
+        let b = frozen::broadcast_mul(&rotated, &self.sin)?;
+        Ok(frozen::broadcast_add(&a, &b)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Projection,
+    k_proj: Projection,
+    v_proj: Projection,
+    o_proj: Projection,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+/// Keys and values of the positions seen so far, per layer: `[B, H_kv, T_past, D]`.
+type KvPair = (Tensor, Tensor);
+
+impl Attention {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let proj = |name: &str| -> Result<Projection> {
+            let (i, o) = cfg.projection_shape(name)?;
+            Projection::new(i, o, vb.pp(name))
+        };
+        Ok(Self {
+            q_proj: proj("q_proj")?,
+            k_proj: proj("k_proj")?,
+            v_proj: proj("v_proj")?,
+            o_proj: proj("o_proj")?,
+            q_norm: RmsNorm::new(cfg.head_dim(), cfg.rms_norm_eps, vb.pp("q_norm"))?,
+            k_norm: RmsNorm::new(cfg.head_dim(), cfg.rms_norm_eps, vb.pp("k_norm"))?,
+            num_heads: cfg.num_attention_heads,
+            num_kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim(),
+        })
+    }
+
+    fn forward(&self, x: &Tensor, rope: &Rope, bias: &Tensor, cache: Option<&mut Option<KvPair>>, mode: Mode) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let d = self.head_dim;
+        let heads = |proj: &Projection, n: usize| -> Result<Tensor> { Ok(proj.forward(x, mode)?.reshape((b, t, n, d))?) };
+        let q = self.q_norm.forward(&heads(&self.q_proj, self.num_heads)?)?.transpose(1, 2)?;
+        let k = self.k_norm.forward(&heads(&self.k_proj, self.num_kv_heads)?)?.transpose(1, 2)?;
+        let v = heads(&self.v_proj, self.num_kv_heads)?.transpose(1, 2)?.contiguous()?;
+        let q = rope.apply(&q)?;
+        let mut k = rope.apply(&k)?;
+        let mut v = v;
+        if let Some(slot) = cache {
+            if let Some((past_k, past_v)) = slot.as_ref() {
+                k = Tensor::cat(&[past_k, &k], 2)?;
+                v = Tensor::cat(&[past_v, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let k = repeat_kv(&k, self.num_heads / self.num_kv_heads)?;
+        let v = repeat_kv(&v, self.num_heads / self.num_kv_heads)?;
+        let scores = (frozen::matmul(&q, &k.t()?)? * (d as f64).powf(-0.5))?;
+        let scores = frozen::broadcast_add(&scores, bias)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let out = frozen::matmul(&probs, &v)?;
+        let out = out.transpose(1, 2)?.contiguous()?.reshape((b, t, self.num_heads * d))?;
+        self.o_proj.forward(&out, mode)
+    }
+}
+
+/// GQA: query head j reads KV head ⌊j / n_rep⌋.
+fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.contiguous()?);
+    }
+    let (b, h, t, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?.broadcast_as((b, h, n_rep, t, d))?.contiguous()?.reshape((b, h * n_rep, t, d))?)
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Projection,
+    up_proj: Projection,
+    down_proj: Projection,
+}
+
+impl Mlp {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let proj = |name: &str| -> Result<Projection> {
+            let (i, o) = cfg.projection_shape(name)?;
+            Projection::new(i, o, vb.pp(name))
+        };
+        Ok(Self { gate_proj: proj("gate_proj")?, up_proj: proj("up_proj")?, down_proj: proj("down_proj")? })
+    }
+
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x, mode)?.silu()?;
+        let up = self.up_proj.forward(x, mode)?;
+        self.down_proj.forward(&frozen::broadcast_mul(&gate, &up)?, mode)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    self_attn: Attention,
+    mlp: Mlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            post_attention_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, rope: &Rope, bias: &Tensor, cache: Option<&mut Option<KvPair>>, mode: Mode) -> Result<Tensor> {
+        let attn = self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, bias, cache, mode)?;
+        let h = frozen::broadcast_add(x, &attn)?;
+        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&h)?, mode)?;
+        Ok(frozen::broadcast_add(&h, &mlp)?)
+    }
+
+    fn projection_mut(&mut self, module: &str) -> Option<&mut Projection> {
+        Some(match module {
+            "q_proj" => &mut self.self_attn.q_proj,
+            "k_proj" => &mut self.self_attn.k_proj,
+            "v_proj" => &mut self.self_attn.v_proj,
+            "o_proj" => &mut self.self_attn.o_proj,
+            "gate_proj" => &mut self.mlp.gate_proj,
+            "up_proj" => &mut self.mlp.up_proj,
+            "down_proj" => &mut self.mlp.down_proj,
+            _ => return None,
+        })
+    }
+}
+
+/// Generation state: keys/values per layer plus, per row, which cached positions are real tokens
+/// and the next RoPE position.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<KvPair>>,
+    key_valid: Vec<Vec<bool>>,
+    next_position: Vec<usize>,
+}
+
+impl KvCache {
+    /// Number of cached positions (padding included).
+    pub fn len(&self) -> usize {
+        self.key_valid.first().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The decoder with its LM head.
+#[derive(Debug, Clone)]
+pub struct Qwen3 {
+    cfg: Config,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    inv_freq: Vec<f32>,
+    sparing: bool,
+    device: Device,
+}
+
+impl Qwen3 {
+    /// Builds the model from a VarBuilder over the checkpoint (keys `model.embed_tokens.weight`,
+    /// `model.layers.N...`, `model.norm.weight`, and `lm_head.weight` unless embeddings are tied or
+    /// the checkpoint has none, in which case the embedding matrix is the output projection).
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let m = vb.pp("model");
+        let embed_tokens = m.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(cfg, m.pp(format!("layers.{i}"))).with_context(|| format!("loading model.layers.{i}")))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
+        let lm_head = if !cfg.tie_word_embeddings && vb.contains_tensor("lm_head.weight") {
+            vb.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")?
+        } else {
+            embed_tokens.clone()
+        };
+        let d = cfg.head_dim();
+        let theta = cfg.rope_theta()? as f32;
+        // As transformers: inv_freq = 1 / θ^(2k/D), in float32.
+        let inv_freq = (0..d / 2).map(|k| 1.0f32 / theta.powf((2 * k) as f32 / d as f32)).collect();
+        Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, inv_freq, sparing: true, device: vb.device().clone() })
+    }
+
+    /// Loads `config.json` and safetensors files (one file or every shard) with frozen weights in `dtype`.
+    pub fn load(config: &Path, weights: &[std::path::PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+        let cfg = Config::from_file(config)?;
+        // SAFETY: the files are memory-mapped read-only; they must not be modified while loaded.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(weights, dtype, device) }
+            .with_context(|| format!("opening safetensors {weights:?}"))?;
+        Self::new(&cfg, vb).with_context(|| format!("loading Qwen3 weights from {weights:?}"))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// dtype of the frozen weights.
+    pub fn weight_dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    /// Benchmark switch: `false` makes frozen projections use candle's plain matmul, whose backward
+    /// also computes every frozen weight's gradient.
+    pub fn set_sparing_grads(&mut self, on: bool) {
+        self.sparing = on;
+    }
+
+    /// Token embeddings `[B, T, hidden]` in f32.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2().context("token ids must be [batch, time]")?;
+        let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
+        let rows = self.embed_tokens.index_select(&flat, 0)?;
+        Ok(rows.reshape((b, t, self.cfg.hidden_size))?.to_dtype(DType::F32)?)
+    }
+
+    /// Token embeddings with `injected` `[B, N, hidden]` placed at each row's `slots` (N positions
+    /// per row, e.g. [`crate::chat::Prompt::image_positions`]); the ids there are ignored. Built as
+    /// `embed(ids)·keep + P·injected` with a constant 0/1 placement P, so values are copied exactly
+    /// and only `injected` receives a gradient (a `cat` of frozen and trainable pieces would also
+    /// store gradients for the frozen pieces).
+    pub fn embed_with_slots(&self, ids: &Tensor, slots: &[Vec<usize>], injected: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2().context("token ids must be [batch, time]")?;
+        let (bi, n, h) = injected.dims3().context("injected embeddings must be [batch, slots, hidden]")?;
+        ensure!(bi == b && slots.len() == b, "batch sizes differ: ids {b}, injected {bi}, slot lists {}", slots.len());
+        ensure!(h == self.cfg.hidden_size, "injected embeddings have width {h}, the model {}", self.cfg.hidden_size);
+        let mut keep = vec![1f32; b * t];
+        let mut place = vec![0f32; b * t * n];
+        for (row, positions) in slots.iter().enumerate() {
+            ensure!(positions.len() == n, "row {row} has {} slots, injected has {n}", positions.len());
+            for (k, &p) in positions.iter().enumerate() {
+                ensure!(p < t, "row {row}: slot position {p} is outside the sequence of {t}");
+                ensure!(keep[row * t + p] == 1.0, "row {row}: slot position {p} is listed twice");
+                keep[row * t + p] = 0.0;
+                place[(row * t + p) * n + k] = 1.0;
+            }
+        }
+        let keep = Tensor::from_vec(keep, (b, t, 1), &self.device)?;
+        let place = Tensor::from_vec(place, (b, t, n), &self.device)?;
+        let text = self.embed(ids)?.broadcast_mul(&keep)?;
+        let placed = frozen::matmul(&place, &injected.to_dtype(DType::F32)?.contiguous()?)?;
+        Ok(frozen::broadcast_add(&text, &placed)?)
+    }
+
+    fn input_embeds(&self, input: Input) -> Result<Tensor> {
+        match input {
+            Input::Ids(ids) => self.embed(ids),
+            Input::Embeds(e) => {
+                let (_, _, h) = e.dims3().context("input embeddings must be [batch, time, hidden]")?;
+                ensure!(h == self.cfg.hidden_size, "input embeddings have width {h}, the model {}", self.cfg.hidden_size);
+                Ok(e.to_dtype(DType::F32)?)
+            }
+        }
+    }
+
+    /// Logits for every position, `[B, T, vocab]` f32. `attention_mask` `[B, T]` (any dtype; non-zero =
+    /// real token) allows padded batches: padding is never attended to, and positions count real
+    /// tokens only, so left- or right-padded rows give the logits they give alone.
+    pub fn forward(&self, input: Input, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        Ok(self.forward_with(input, attention_mask, ForwardOptions::default())?.logits)
+    }
+
+    pub fn forward_with(&self, input: Input, attention_mask: Option<&Tensor>, opts: ForwardOptions) -> Result<ForwardOutput> {
+        let (hidden, hidden_states) = self.hidden(input, attention_mask, opts)?;
+        let logits = frozen::linear(&hidden, &self.lm_head)?;
+        Ok(ForwardOutput { logits, hidden_states })
+    }
+
+    /// Final hidden states after the last RMSNorm (`[B, T, hidden]`), for callers that project only
+    /// some positions through the LM head (see [`Qwen3::loss`]).
+    pub fn forward_hidden(&self, input: Input, attention_mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        Ok(self.hidden(input, attention_mask, ForwardOptions { output_hidden_states: false, train })?.0)
+    }
+
+    fn hidden(&self, input: Input, attention_mask: Option<&Tensor>, opts: ForwardOptions) -> Result<(Tensor, Vec<Tensor>)> {
+        let x = self.input_embeds(input)?;
+        let (b, t, _) = x.dims3()?;
+        let valid = mask_rows(attention_mask, b, t)?;
+        let positions: Vec<Vec<usize>> = valid.iter().map(|row| positions_from_mask(row, 0)).collect();
+        let rope = self.rope(&positions)?;
+        let bias = self.attention_bias(&valid, &valid, 0)?;
+        let mode = Mode { train: opts.train, sparing: self.sparing };
+        let mut hidden_states = Vec::new();
+        let mut x = x;
+        for layer in &self.layers {
+            if opts.output_hidden_states {
+                hidden_states.push(x.clone());
+            }
+            x = layer.forward(&x, &rope, &bias, None, mode)?;
+        }
+        let x = self.norm.forward(&x)?;
+        if opts.output_hidden_states {
+            hidden_states.push(x.clone());
+        }
+        Ok((x, hidden_states))
+    }
+
+    /// Projects hidden states through the LM head (tied embeddings or `lm_head.weight`).
+    pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(frozen::linear(hidden, &self.lm_head)?)
+    }
+
+    /// Causal-LM loss as transformers computes it with `labels` (`[B, T]` integers, −100 ignored):
+    /// logits at t predict label t+1, mean over all counted targets of the batch. Only the counted
+    /// positions go through the LM head.
+    pub fn loss(&self, input: Input, attention_mask: Option<&Tensor>, labels: &Tensor, train: bool) -> Result<Tensor> {
+        let hidden = self.forward_hidden(input, attention_mask, train)?;
+        let (rows, targets) = shifted_targets(labels)?;
+        let (b, t, h) = hidden.dims3()?;
+        ensure!(labels.dims2()? == (b, t), "labels {:?} do not match the input [{b}, {t}]", labels.shape());
+        let picked = hidden.reshape((b * t, h))?.index_select(&Tensor::new(rows, &self.device)?, 0)?;
+        cross_entropy(&self.lm_head(&picked)?, &targets)
+    }
+
+    /// Starts an empty generation cache for `batch` rows.
+    pub fn new_cache(&self, batch: usize) -> KvCache {
+        KvCache {
+            layers: vec![None; self.layers.len()],
+            key_valid: vec![Vec::new(); batch],
+            next_position: vec![0; batch],
+        }
+    }
+
+    /// Generation forward: runs only the new positions, attending to everything in `cache`, and
+    /// appends them to it. `attention_mask` `[B, T_new]` marks real tokens among the new ones (for a
+    /// left-padded prompt). Returns the new positions' logits `[B, T_new, vocab]`.
+    pub fn forward_cached(&self, input: Input, attention_mask: Option<&Tensor>, cache: &mut KvCache) -> Result<Tensor> {
+        let x = self.input_embeds(input)?;
+        let (b, t, _) = x.dims3()?;
+        ensure!(cache.key_valid.len() == b, "cache holds {} rows, input has {b}", cache.key_valid.len());
+        ensure!(cache.layers.len() == self.layers.len(), "cache was made for another model");
+        let new_valid = mask_rows(attention_mask, b, t)?;
+        let past = cache.len();
+        let mut positions = Vec::with_capacity(b);
+        for (row, new) in new_valid.iter().enumerate() {
+            let pos = positions_from_mask(new, cache.next_position[row]);
+            cache.next_position[row] += new.iter().filter(|&&v| v).count();
+            positions.push(pos);
+            cache.key_valid[row].extend_from_slice(new);
+        }
+        let rope = self.rope(&positions)?;
+        let bias = self.attention_bias(&new_valid, &cache.key_valid, past)?;
+        let mode = Mode { train: false, sparing: self.sparing };
+        let mut x = x;
+        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(&x, &rope, &bias, Some(slot), mode)?;
+        }
+        self.lm_head(&self.norm.forward(&x)?)
+    }
+
+    /// cos/sin tables `[B, 1, T, D]` for per-row positions (float32 as transformers).
+    fn rope(&self, positions: &[Vec<usize>]) -> Result<Rope> {
+        let d = self.cfg.head_dim();
+        let half = self.inv_freq.len();
+        let (b, t) = (positions.len(), positions.first().map_or(0, Vec::len));
+        let mut cos = Vec::with_capacity(b * t * d);
+        let mut sin = Vec::with_capacity(b * t * d);
+        for row in positions {
+            for &p in row {
+                for i in 0..d {
+                    let angle = p as f32 * self.inv_freq[i % half];
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let shape = (b, 1, t, d);
+        Ok(Rope { cos: Tensor::from_vec(cos, shape, &self.device)?, sin: Tensor::from_vec(sin, shape, &self.device)? })
+    }
+
+    /// Additive attention bias `[B, 1, T_q, T_k]`: query i (at index `offset + i` among the keys)
+    /// sees key j when j ≤ offset + i and key j is a real token. A padding query always sees itself,
+    /// so no row is entirely masked (its output is unused but stays finite).
+    fn attention_bias(&self, query_valid: &[Vec<bool>], key_valid: &[Vec<bool>], offset: usize) -> Result<Tensor> {
+        let b = query_valid.len();
+        let tq = query_valid.first().map_or(0, Vec::len);
+        let tk = key_valid.first().map_or(0, Vec::len);
+        let mut bias = Vec::with_capacity(b * tq * tk);
+        for row in 0..b {
+            for i in 0..tq {
+                let qi = offset + i;
+                for j in 0..tk {
+                    let visible = (j <= qi && key_valid[row][j]) || j == qi;
+                    bias.push(if visible { 0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        Ok(Tensor::from_vec(bias, (b, 1, tq, tk), &self.device)?)
+    }
+
+    /// Attaches a LoRA adapter to the projection at `path` (e.g. `model.layers.0.self_attn.q_proj`).
+    pub fn set_lora(&mut self, path: &str, lora: Option<LoraLayer>) -> Result<()> {
+        let proj = self.projection_mut(path)?;
+        if let Some(l) = &lora {
+            let (out_dim, in_dim) = proj.weight.dims2()?;
+            ensure!(
+                l.in_features()? == in_dim && l.out_features()? == out_dim,
+                "LoRA for {path} is {}→{}, the projection {in_dim}→{out_dim}",
+                l.in_features()?,
+                l.out_features()?
+            );
+        }
+        proj.lora = lora;
+        Ok(())
+    }
+
+    /// Folds the adapter of `path` into its frozen weight (`W += (α/r)·B·A`, computed in f32) and
+    /// removes it.
+    pub fn merge_lora(&mut self, path: &str) -> Result<()> {
+        let proj = self.projection_mut(path)?;
+        if let Some(l) = proj.lora.take() {
+            let w = proj.weight.to_dtype(DType::F32)?;
+            let merged = (w + l.delta_weight()?)?.to_dtype(proj.weight.dtype())?;
+            proj.weight = merged.detach();
+        }
+        Ok(())
+    }
+
+    /// The frozen weight of a projection (after any merge).
+    pub fn projection_weight(&self, path: &str) -> Result<&Tensor> {
+        let (layer, module) = parse_projection_path(path, self.layers.len())?;
+        let l = &self.layers[layer];
+        Ok(match module {
+            "q_proj" => &l.self_attn.q_proj.weight,
+            "k_proj" => &l.self_attn.k_proj.weight,
+            "v_proj" => &l.self_attn.v_proj.weight,
+            "o_proj" => &l.self_attn.o_proj.weight,
+            "gate_proj" => &l.mlp.gate_proj.weight,
+            "up_proj" => &l.mlp.up_proj.weight,
+            _ => &l.mlp.down_proj.weight,
+        })
+    }
+
+    fn projection_mut(&mut self, path: &str) -> Result<&mut Projection> {
+        let (layer, module) = parse_projection_path(path, self.layers.len())?;
+        self.layers[layer].projection_mut(module).with_context(|| format!("{path}: unknown projection"))
+    }
+}
+
+/// Splits `model.layers.N.{self_attn|mlp}.X_proj` into (N, X_proj), checking parent and range.
+pub fn parse_projection_path(path: &str, num_layers: usize) -> Result<(usize, &str)> {
+    let parse = || -> Option<(usize, &str, &str)> {
+        let rest = path.strip_prefix("model.layers.")?;
+        let (n, rest) = rest.split_once('.')?;
+        let (parent, module) = rest.split_once('.')?;
+        Some((n.parse().ok()?, parent, module))
+    };
+    let (layer, parent, module) =
+        parse().with_context(|| format!("{path:?} is not a projection path like model.layers.0.self_attn.q_proj"))?;
+    ensure!(layer < num_layers, "{path}: layer {layer} does not exist (the model has {num_layers})");
+    ensure!(projection_path(layer, module) == path && (ATTENTION_PROJECTIONS.contains(&module) || MLP_PROJECTIONS.contains(&module)),
+        "{path:?} is not a Qwen3 projection (model.layers.N.self_attn.{{q,k,v,o}}_proj or model.layers.N.mlp.{{gate,up,down}}_proj; parent {parent:?})");
+    Ok((layer, module))
+}
+
+/// Reads a `[B, T]` mask into per-row booleans (all true without a mask).
+fn mask_rows(mask: Option<&Tensor>, b: usize, t: usize) -> Result<Vec<Vec<bool>>> {
+    let Some(mask) = mask else {
+        return Ok(vec![vec![true; t]; b]);
+    };
+    ensure!(mask.dims2()? == (b, t), "attention mask {:?} does not match the input [{b}, {t}]", mask.shape());
+    let rows = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    Ok(rows.into_iter().map(|r| r.into_iter().map(|v| v != 0.0).collect()).collect())
+}
+
+/// RoPE positions of a row: real tokens count up from `start`; padding takes the position of the
+/// next real token (its output is unused).
+fn positions_from_mask(valid: &[bool], start: usize) -> Vec<usize> {
+    let mut next = start;
+    valid
+        .iter()
+        .map(|&v| {
+            let p = next;
+            if v {
+                next += 1;
+            }
+            p
+        })
+        .collect()
+}
+
+/// Flat row indices `b·T + t` whose next label counts, and those labels (`u32`).
+fn shifted_targets(labels: &Tensor) -> Result<(Vec<u32>, Tensor)> {
+    let (b, t) = labels.dims2().context("labels must be [batch, time]")?;
+    let rows_labels = labels.to_dtype(DType::I64)?.to_vec2::<i64>()?;
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    for (bi, row) in rows_labels.iter().enumerate() {
+        for ti in 0..t.saturating_sub(1) {
+            let label = row[ti + 1];
+            if label == -100 {
+                continue;
+            }
+            ensure!(label >= 0, "label {label} at row {bi}, position {} (only -100 may be negative)", ti + 1);
+            rows.push((bi * t + ti) as u32);
+            targets.push(label as u32);
+        }
+    }
+    ensure!(!targets.is_empty(), "no label to predict: every shifted label of the [{b}, {t}] batch is -100");
+    let n = targets.len();
+    Ok((rows, Tensor::from_vec(targets, n, labels.device())?))
+}
+
+/// Mean cross-entropy of `logits` `[N, V]` against `targets` `[N]` (u32).
+fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let n = targets.dim(0)?;
+    let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    let picked = log_probs.gather(&targets.unsqueeze(1)?, 1)?;
+    Ok((picked.sum_all()?.neg()? / n as f64)?)
+}
+
+/// Causal-LM loss from full logits `[B, T, V]` and labels `[B, T]` (−100 ignored), as transformers.
+pub fn causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let (b, t, v) = logits.dims3()?;
+    ensure!(labels.dims2()? == (b, t), "labels {:?} do not match logits [{b}, {t}, {v}]", labels.shape());
+    let (rows, targets) = shifted_targets(labels)?;
+    let picked = logits.reshape((b * t, v))?.index_select(&Tensor::new(rows, logits.device())?, 0)?;
+    cross_entropy(&picked, &targets)
+}

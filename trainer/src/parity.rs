@@ -1,0 +1,102 @@
+//! What a parity run reports, shared by every model's checks (`parity_qwen3`, `parity_vggt`) and the
+//! `tools parity` command.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Result};
+use candle_core::{DType, Tensor};
+
+/// One compared output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    /// What was compared, e.g. `base/logits` or `lora/grad.<adapter key>`.
+    pub name: String,
+    /// max |ours − reference| over all elements.
+    pub max_abs_diff: f64,
+    /// The largest diff that passes.
+    pub tolerance: f64,
+}
+
+impl Check {
+    /// Passes when the diff is within tolerance (a NaN diff never passes).
+    pub fn passed(&self) -> bool {
+        self.max_abs_diff <= self.tolerance
+    }
+}
+
+/// All checks of one fixture folder.
+#[derive(Debug, Clone)]
+pub struct ParityReport {
+    /// Fixture kind (`qwen3`, `vggt`).
+    pub kind: &'static str,
+    pub folder: PathBuf,
+    pub checks: Vec<Check>,
+}
+
+impl ParityReport {
+    pub fn new(kind: &'static str, folder: &Path) -> Self {
+        Self { kind, folder: folder.to_path_buf(), checks: Vec::new() }
+    }
+
+    pub fn push(&mut self, name: impl Into<String>, max_abs_diff: f64, tolerance: f64) {
+        self.checks.push(Check { name: name.into(), max_abs_diff, tolerance });
+    }
+
+    /// Compares two tensors and records the result.
+    pub fn compare(&mut self, name: impl Into<String>, ours: &Tensor, reference: &Tensor, tolerance: f64) -> Result<()> {
+        let name = name.into();
+        let diff = max_abs_diff(ours, reference).map_err(|e| e.context(format!("check {name}")))?;
+        self.push(name, diff, tolerance);
+        Ok(())
+    }
+
+    pub fn passed(&self) -> bool {
+        !self.checks.is_empty() && self.checks.iter().all(Check::passed)
+    }
+
+    pub fn failures(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|c| !c.passed())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+}
+
+impl fmt::Display for ParityReport {
+    /// One line per check: name, max abs diff, tolerance, verdict; then a summary line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        writeln!(f, "{} parity: {}", self.kind, self.folder.display())?;
+        for c in &self.checks {
+            let verdict = if c.passed() { "ok" } else { "FAIL" };
+            writeln!(f, "  {:<width$}  max abs diff {:>10.3e}  (tolerance {:.1e})  {verdict}", c.name, c.max_abs_diff, c.tolerance)?;
+        }
+        let failed = self.failures().count();
+        write!(f, "{} checks, {} failed", self.checks.len(), failed)
+    }
+}
+
+/// max |a − b| in f64 after checking that the shapes agree.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    ensure!(a.shape() == b.shape(), "shapes differ: ours {:?}, reference {:?}", a.shape(), b.shape());
+    let a = a.to_dtype(DType::F64)?;
+    let b = b.to_dtype(DType::F64)?.to_device(a.device())?;
+    let diff = (a - b)?.abs()?.flatten_all()?;
+    if diff.elem_count() == 0 {
+        return Ok(0.0);
+    }
+    let values = diff.to_vec1::<f64>()?;
+    // A NaN anywhere must fail the check, so it is propagated rather than skipped by max.
+    Ok(values.into_iter().fold(0.0, |m, v| if v.is_nan() || m.is_nan() { f64::NAN } else { m.max(v) }))
+}
+
+/// The shared fixtures folder: `$ROOMPLAN_SHARED` if set, else `<workspace root>/../shared`
+/// (CI checks `shared/` out beside the clone).
+pub fn shared_dir() -> PathBuf {
+    match std::env::var_os("ROOMPLAN_SHARED").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..").join("shared"),
+    }
+}
