@@ -157,7 +157,7 @@ pub fn bearing_deg(pos: Vec3, facing: Vec3, p: Vec3) -> f64 {
     geom::dot(d, left).datan2(geom::dot(d, facing)).to_degrees()
 }
 
-fn nearest_in<'a>(room: &'a Room, pos: Vec3, facing: Vec3, lo: f64, hi: f64) -> Option<&'a Object> {
+fn nearest_in(room: &Room, pos: Vec3, facing: Vec3, lo: f64, hi: f64) -> Option<&Object> {
     room.objects
         .iter()
         .filter(|o| {

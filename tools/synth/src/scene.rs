@@ -337,17 +337,14 @@ pub fn generate_room(rng: &mut impl RngCore) -> Room {
         bottom: 0.0,
         height: 2.05,
     };
-    for wall in 0..4 {
+    for (wall, spec) in walls.iter().enumerate() {
         if wall == door_wall || rng.random::<f64>() < 0.4 {
             continue;
         }
         let width = uniform(rng, (0.8, 1.4));
         room.windows.push(WallOpening {
             wall,
-            along: uniform(
-                rng,
-                (width / 2.0 + 0.3, walls[wall].length - width / 2.0 - 0.3),
-            ),
+            along: uniform(rng, (width / 2.0 + 0.3, spec.length - width / 2.0 - 0.3)),
             width,
             bottom: uniform(rng, (0.85, 1.0)),
             height: uniform(rng, (1.0, 1.2)),

@@ -159,7 +159,7 @@ fn every_listed_fault_is_present_and_nothing_else_breaks() {
                     .as_array()
                     .unwrap()
                     .iter()
-                    .find(|r| r["question_id"].to_string() == record)
+                    .find(|r| r["question_id"].as_u64() == record.parse().ok())
                     .unwrap();
                 assert!(!scene_ids.contains(r["scene_id"].as_str().unwrap()));
             }

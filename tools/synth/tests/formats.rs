@@ -278,9 +278,10 @@ fn export_folders_match_the_sens_file() {
         let k = parse_txt_matrix(
             &std::fs::read_to_string(dir.join("intrinsic/intrinsic_depth.txt")).unwrap(),
         );
-        for i in 0..16 {
-            assert!((k[i] - sens.k_depth[i]).abs() < 1e-5);
-        }
+        assert!(k
+            .iter()
+            .zip(&sens.k_depth)
+            .all(|(a, b)| (a - b).abs() < 1e-5));
         let ext = parse_txt_matrix(
             &std::fs::read_to_string(dir.join("intrinsic/extrinsic_color.txt")).unwrap(),
         );
