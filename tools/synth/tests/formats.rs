@@ -904,3 +904,15 @@ fn bird_images_exist_per_scene() {
 fn faults_file_is_empty_without_faults() {
     assert_eq!(json("faults.json"), serde_json::json!([]));
 }
+
+#[test]
+fn synth_json_loads_as_typed_truth() {
+    let t = roomplan_synth::Truth::load(tree()).unwrap();
+    assert_eq!(t.config, small_config());
+    assert_eq!(t.scenes.len(), 3);
+    assert_eq!(t.scenes[2].scene_id, "scene0707_00");
+    assert!(t.scenes[2].test_scene && !t.scenes[0].test_scene);
+    assert_eq!(t.scenes[1].splits.scanqa, "val");
+    assert_eq!(t.scenes[1].splits.arkit, "Validation");
+    assert!(t.scenes.iter().all(|s| s.scannet.frames.len() == 12 && s.arkit.frames.len() == 12));
+}
