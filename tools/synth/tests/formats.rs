@@ -914,5 +914,69 @@ fn synth_json_loads_as_typed_truth() {
     assert!(t.scenes[2].test_scene && !t.scenes[0].test_scene);
     assert_eq!(t.scenes[1].splits.scanqa, "val");
     assert_eq!(t.scenes[1].splits.arkit, "Validation");
-    assert!(t.scenes.iter().all(|s| s.scannet.frames.len() == 12 && s.arkit.frames.len() == 12));
+    assert!(t
+        .scenes
+        .iter()
+        .all(|s| s.scannet.frames.len() == 12 && s.arkit.frames.len() == 12));
+}
+
+/// Camera-to-room pose from a row-major world pose and a row-major room←world transform.
+fn room_pose(room_from_world: &[f64; 16], c2w: &[f64; 16]) -> roomplan_synth::geom::Rigid {
+    let mut m = [0.0; 16];
+    for i in 0..4 {
+        for j in 0..4 {
+            m[i * 4 + j] = (0..4)
+                .map(|k| room_from_world[i * 4 + k] * c2w[k * 4 + j])
+                .sum();
+        }
+    }
+    roomplan_synth::geom::Rigid::from_row_major(&m)
+}
+
+#[test]
+fn colour_images_show_the_room_from_the_recorded_pose() {
+    use roomplan_synth::render::render;
+    let t = roomplan_synth::Truth::load(tree()).unwrap();
+    for scene in &t.scenes {
+        let id = &scene.scene_id;
+        let sens = read_sens(&tree().join(format!("scannet/scans/{id}/{id}.sens")));
+        for (i, (pose, jpeg, _)) in sens.frames.iter().enumerate().step_by(5) {
+            let c2r = room_pose(&scene.scannet.axis_alignment, pose);
+            let want = render(&scene.room, &scene.scannet.color_intrinsics, &c2r, 10.0);
+            let got = image::load_from_memory(jpeg).unwrap().to_rgb8();
+            let mad = got
+                .as_raw()
+                .iter()
+                .zip(&want.rgb)
+                .map(|(a, b)| (*a as f64 - *b as f64).abs())
+                .sum::<f64>()
+                / want.rgb.len() as f64;
+            assert!(
+                mad < 4.0,
+                "{id} frame {i}: JPEG differs from the render by {mad} on average"
+            );
+        }
+        // ARKit colour is lossless: exactly the render at the sensor pose.
+        let v = &scene.video_id;
+        let room_from_world = invert_rigid(&scene.arkit.world_from_room);
+        let fr = &scene.arkit.frames[0];
+        let c2r = room_pose(&room_from_world, &fr.c2w);
+        let want = render(&scene.room, &scene.arkit.intrinsics, &c2r, 5.0);
+        let path = tree().join(format!(
+            "arkitscenes/3dod/{}/{v}/{v}_frames/lowres_wide/{v}_{}.png",
+            scene.splits.arkit, fr.timestamp
+        ));
+        let got = image::open(path).unwrap().to_rgb8();
+        let diff = got
+            .as_raw()
+            .iter()
+            .zip(&want.rgb)
+            .filter(|(a, b)| a != b)
+            .count();
+        // Poses round-trip through synth.json text; allow a few edge pixels to flip.
+        assert!(
+            diff < 30,
+            "{v}: {diff} channel values differ from the render"
+        );
+    }
 }
