@@ -384,10 +384,14 @@ impl FaultPlan {
 /// Progress callback: receives increments of [`SynthConfig::work_units`].
 pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 
+/// Writes the rooms of `cfg` under `out` (which must be new or empty; see the module docs for
+/// the layout) and returns the tree digest and counts. Rooms render in parallel on the current
+/// rayon pool; the bytes do not depend on its size.
 pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<Summary> {
     generate_with_progress(cfg, out, &|_| {})
 }
 
+/// [`generate`], reporting progress in units of [`SynthConfig::work_units`].
 pub fn generate_with_progress(
     cfg: &SynthConfig,
     out: &Path,
@@ -486,7 +490,7 @@ fn write_scene(
     let mut injected = Vec::new();
     let scannet = write_scannet(cfg, faults, &plan, out, progress, &mut injected)
         .with_context(|| format!("writing ScanNet scene {}", plan.scene_id))?;
-    let (arkit, session_start) = write_arkit(cfg, faults, &mut plan, out, progress, &mut injected)
+    let (arkit, session_start) = write_arkit(faults, &mut plan, out, progress, &mut injected)
         .with_context(|| format!("writing ARKitScenes video {}", plan.video_id))?;
     let roomplan_world = roomplan::world_from_room(&session_start);
     let core_model: Vec<u8> = (0..96).map(|_| plan.rng.random()).collect();
@@ -802,7 +806,6 @@ pub fn json_number(x: f64) -> serde_json::Value {
 /// orientation (portrait for `Left`/`Right` captures). Returns its truth and the upright pose
 /// of its first frame (where the RoomPlan session starts).
 fn write_arkit(
-    _cfg: &SynthConfig,
     faults: &FaultPlan,
     plan: &mut ScenePlan,
     out: &Path,
