@@ -53,6 +53,9 @@ pub struct Prepared<'a> {
     room: &'a Room,
     /// Per object: room → box rotation (transpose of the box's rotation).
     box_from_room: Vec<geom::Mat3>,
+    /// Per object: squared radius of a sphere around the box (slightly enlarged), to skip
+    /// boxes a ray cannot reach without the slab test.
+    bound2: Vec<f64>,
     walls: [crate::scene::Wall; 4],
 }
 
@@ -64,6 +67,11 @@ impl<'a> Prepared<'a> {
                 .objects
                 .iter()
                 .map(|o| geom::transpose(&o.rotation()))
+                .collect(),
+            bound2: room
+                .objects
+                .iter()
+                .map(|o| (geom::dot(o.half(), o.half()) * 1.0001 + 1e-9))
                 .collect(),
             walls: room.walls(),
         }
@@ -102,7 +110,18 @@ impl<'a> Prepared<'a> {
                 }
             }
         }
-        for (obj, rt) in room.objects.iter().zip(&self.box_from_room) {
+        let dd = geom::dot(d, d);
+        for ((obj, rt), bound2) in room
+            .objects
+            .iter()
+            .zip(&self.box_from_room)
+            .zip(&self.bound2)
+        {
+            let oc = geom::sub(obj.centre, o);
+            let along = geom::dot(oc, d);
+            if geom::dot(oc, oc) - along * along / dd > *bound2 {
+                continue; // the ray's line passes outside the bounding sphere
+            }
             let lo = geom::mat_vec(rt, geom::sub(o, obj.centre));
             let ld = geom::mat_vec(rt, d);
             let half = obj.half();
