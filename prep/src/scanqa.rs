@@ -1,1 +1,336 @@
-//! (issue 3: shard contract / prep-scanqa / prep-sqa3d) — module under construction.
+//! ScanQA v1.0 question files (FORMATS.md §2) → `samples` rows.
+//!
+//! Each split file is one JSON array. Train/val records carry `answers` (≥1) and optionally
+//! `object_ids`/`object_names`; test records carry only `question`, `question_id` and `scene_id`
+//! and are kept with an empty answers list. A record that does not fit becomes a reject naming its
+//! question id (or its position when it has none); the other records are unaffected.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::rejects::Reject;
+use crate::shard::SampleRecord;
+
+/// The task name of ScanQA samples.
+pub const TASK: &str = "scanqa";
+
+/// A split of ScanQA and its file name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    Train,
+    Val,
+    /// `ScanQA_v1.0_test_w_obj.json` (questions only; answers are on the evaluation server).
+    Test,
+}
+
+impl Split {
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        }
+    }
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Split::Train => "ScanQA_v1.0_train.json",
+            Split::Val => "ScanQA_v1.0_val.json",
+            Split::Test => "ScanQA_v1.0_test_w_obj.json",
+        }
+    }
+    /// Whether records must carry answers.
+    pub fn has_answers(self) -> bool {
+        !matches!(self, Split::Test)
+    }
+}
+
+/// One ScanQA question as read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScanQaQuestion {
+    pub split: Split,
+    pub question_id: String,
+    pub scene_id: String,
+    pub question: String,
+    pub answers: Vec<String>,
+    pub object_ids: Option<Vec<i64>>,
+    pub object_names: Option<Vec<String>>,
+}
+
+/// Unknown keys are ignored: other releases may carry more.
+#[derive(Deserialize)]
+struct RawRecord {
+    question_id: String,
+    scene_id: String,
+    question: String,
+    #[serde(default)]
+    answers: Option<Vec<String>>,
+    #[serde(default)]
+    object_ids: Option<Vec<i64>>,
+    #[serde(default)]
+    object_names: Option<Vec<String>>,
+}
+
+/// Whether `id` is a ScanNet scan id `sceneNNNN_NN` (it becomes part of a path, so nothing else
+/// is accepted).
+pub fn is_scene_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 12
+        && id.starts_with("scene")
+        && b[5..9].iter().all(u8::is_ascii_digit)
+        && b[9] == b'_'
+        && b[10..12].iter().all(u8::is_ascii_digit)
+}
+
+/// How a JSON record is named in a reject: its question id when it has a usable one.
+pub(crate) fn record_name(value: &serde_json::Value, index: usize) -> String {
+    match value.get("question_id") {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => format!("record {index}"),
+    }
+}
+
+/// Parses one ScanQA split file. `file` names it in rejects (e.g. `scanqa:ScanQA_v1.0_val.json`).
+/// Never fails: a file that is not a JSON array is one reject (record `whole file`).
+pub fn parse_split(bytes: &[u8], split: Split, file: &str) -> (Vec<ScanQaQuestion>, Vec<Reject>) {
+    let mut rejects = Vec::new();
+    let values: Vec<serde_json::Value> = match serde_json::from_slice(bytes) {
+        Ok(serde_json::Value::Array(values)) => values,
+        Ok(other) => {
+            let kind = json_kind(&other);
+            rejects.push(Reject::new(
+                file,
+                "whole file",
+                format!("expected a JSON array of questions, found {kind}"),
+            ));
+            return (vec![], rejects);
+        }
+        Err(e) => {
+            rejects.push(Reject::new(file, "whole file", format!("not valid JSON: {e}")));
+            return (vec![], rejects);
+        }
+    };
+    let mut questions = Vec::with_capacity(values.len());
+    let mut positions: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (index, value) in values.into_iter().enumerate() {
+        let record = record_name(&value, index);
+        match parse_record(value, split) {
+            Ok(q) => {
+                positions
+                    .entry(q.question_id.clone())
+                    .or_default()
+                    .push(questions.len());
+                questions.push((index, q));
+            }
+            Err(reason) => rejects.push(Reject::new(file, record, reason)),
+        }
+    }
+    // A question id seen twice cannot say which record is right: both are rejected.
+    let mut keep = vec![true; questions.len()];
+    for (qid, at) in positions.iter().filter(|(_, at)| at.len() > 1) {
+        let indices: Vec<String> = at.iter().map(|&i| questions[i].0.to_string()).collect();
+        for &i in at {
+            keep[i] = false;
+            rejects.push(Reject::new(
+                file,
+                qid.clone(),
+                format!(
+                    "question_id is duplicated (records {}); record {} rejected with the others",
+                    indices.join(", "),
+                    questions[i].0
+                ),
+            ));
+        }
+    }
+    let questions = questions
+        .into_iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|((_, q), _)| q)
+        .collect();
+    (questions, rejects)
+}
+
+pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn parse_record(value: serde_json::Value, split: Split) -> Result<ScanQaQuestion, String> {
+    if !value.is_object() {
+        return Err(format!("expected a question object, found {}", json_kind(&value)));
+    }
+    let raw: RawRecord = serde_json::from_value(value).map_err(|e| format!("bad question record: {e}"))?;
+    if raw.question_id.is_empty() {
+        return Err("question_id is empty".into());
+    }
+    if !is_scene_id(&raw.scene_id) {
+        return Err(format!(
+            "scene_id {:?} is not a ScanNet scan id (sceneNNNN_NN)",
+            raw.scene_id
+        ));
+    }
+    if raw.question.trim().is_empty() {
+        return Err("question is empty".into());
+    }
+    let answers = raw.answers.unwrap_or_default();
+    if split.has_answers() && answers.is_empty() {
+        return Err(format!(
+            "the {} split needs at least one answer, found none",
+            split.name()
+        ));
+    }
+    if let (Some(ids), Some(names)) = (&raw.object_ids, &raw.object_names) {
+        if ids.len() != names.len() {
+            return Err(format!(
+                "object_ids has {} entries but object_names has {}; they must be parallel",
+                ids.len(),
+                names.len()
+            ));
+        }
+    }
+    Ok(ScanQaQuestion {
+        split,
+        question_id: raw.question_id,
+        scene_id: raw.scene_id,
+        question: raw.question,
+        answers,
+        object_ids: raw.object_ids,
+        object_names: raw.object_names,
+    })
+}
+
+impl ScanQaQuestion {
+    /// The `samples` row of this question.
+    pub fn to_sample(&self) -> SampleRecord {
+        let mut s = SampleRecord::new(
+            &self.question_id,
+            TASK,
+            self.split.name(),
+            &self.scene_id,
+            &self.question,
+        );
+        s.answers = self.answers.clone();
+        s.object_ids = self.object_ids.clone();
+        s.object_names = self.object_names.clone();
+        s.source_json = serde_json::json!({ "question_id": self.question_id }).to_string();
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F: &str = "scanqa:ScanQA_v1.0_val.json";
+
+    #[test]
+    fn parses_records_and_keeps_test_questions_without_answers() {
+        let val = br#"[{"answers": ["dark brown", "brown"], "object_ids": [4, 5], "object_names": ["chair", "chair"],
+            "question": "What color is the chair in the kitchen?", "question_id": "val-scene0011-0", "scene_id": "scene0011_00"}]"#;
+        let (qs, rejects) = parse_split(val, Split::Val, F);
+        assert!(rejects.is_empty(), "{rejects:?}");
+        assert_eq!(qs[0].answers, vec!["dark brown", "brown"]);
+        assert_eq!(qs[0].object_ids, Some(vec![4, 5]));
+        let s = qs[0].to_sample();
+        assert_eq!(
+            (s.sample_id.as_str(), s.task.as_str(), s.split.as_str()),
+            ("val-scene0011-0", "scanqa", "val")
+        );
+        let test =
+            br#"[{"question": "Where is the sink?", "question_id": "test-scene0707-0", "scene_id": "scene0707_00"}]"#;
+        let (qs, rejects) = parse_split(test, Split::Test, "t");
+        assert!(rejects.is_empty());
+        assert_eq!(qs[0].answers, Vec::<String>::new());
+        assert_eq!(qs[0].object_ids, None);
+    }
+
+    #[test]
+    fn bad_records_are_rejected_by_question_id() {
+        let bytes = br#"[
+            {"question": "Q?", "question_id": "val-scene0001-0", "scene_id": "scene0001_00"},
+            {"answers": ["a"], "question": "Q?", "question_id": "val-scene0001-1", "scene_id": "../../etc"},
+            {"answers": ["a"], "question": 7, "question_id": "val-scene0001-2", "scene_id": "scene0001_00"},
+            {"answers": ["a"], "question": "Q?", "question_id": "val-scene0001-3", "scene_id": "scene0001_00"},
+            {"answers": ["b"], "question": "Q?", "question_id": "val-scene0001-3", "scene_id": "scene0001_00"},
+            5,
+            {"answers": ["a"], "question": "fine?", "question_id": "val-scene0001-4", "scene_id": "scene0001_00"}
+        ]"#;
+        let (qs, rejects) = parse_split(bytes, Split::Val, F);
+        assert_eq!(qs.len(), 1);
+        assert_eq!(qs[0].question_id, "val-scene0001-4");
+        let got: Vec<(String, String)> = rejects.iter().map(|r| (r.record.clone(), r.reason.clone())).collect();
+        assert_eq!(
+            got[0],
+            (
+                "val-scene0001-0".into(),
+                "the val split needs at least one answer, found none".into()
+            )
+        );
+        assert_eq!(
+            got[1],
+            (
+                "val-scene0001-1".into(),
+                "scene_id \"../../etc\" is not a ScanNet scan id (sceneNNNN_NN)".into()
+            )
+        );
+        assert_eq!(got[2].0, "val-scene0001-2");
+        assert!(
+            got[2].1.starts_with("bad question record: invalid type: integer `7`"),
+            "{}",
+            got[2].1
+        );
+        assert_eq!(
+            got[3],
+            ("record 5".into(), "expected a question object, found a number".into())
+        );
+        assert_eq!(got[4].0, "val-scene0001-3");
+        assert_eq!(
+            got[4].1,
+            "question_id is duplicated (records 3, 4); record 3 rejected with the others"
+        );
+        assert_eq!(
+            got[5].1,
+            "question_id is duplicated (records 3, 4); record 4 rejected with the others"
+        );
+        assert!(rejects.iter().all(|r| r.file == F));
+    }
+
+    #[test]
+    fn a_broken_file_is_one_reject() {
+        let (qs, rejects) = parse_split(b"[{\"question\"", Split::Train, F);
+        assert!(qs.is_empty());
+        assert_eq!(rejects.len(), 1);
+        assert_eq!(rejects[0].record, "whole file");
+        assert!(
+            rejects[0].reason.starts_with("not valid JSON: EOF"),
+            "{}",
+            rejects[0].reason
+        );
+        let (_, rejects) = parse_split(b"{}", Split::Train, F);
+        assert_eq!(rejects[0].reason, "expected a JSON array of questions, found an object");
+    }
+
+    #[test]
+    fn scene_ids() {
+        assert!(is_scene_id("scene0011_00"));
+        for bad in [
+            "scene011_00",
+            "scene0011-00",
+            "Scene0011_00",
+            "scene0011_0a",
+            "scene0011_000",
+            "",
+        ] {
+            assert!(!is_scene_id(bad), "{bad}");
+        }
+    }
+}

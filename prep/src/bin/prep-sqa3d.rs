@@ -1,0 +1,244 @@
+//! `prep-sqa3d`: ScanNet scans + SQA3D situated questions → a prepared dataset (scenes and samples
+//! Arrow shards, manifest.json, rejects.jsonl). See `--help`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use roomplan_prep::manifest::ToolInfo;
+use roomplan_prep::pipeline::{
+    exit_with, merge_arguments, raw_input_of_bytes, reject_ids_across_files, run_scenes, CommonArgs, InputRoot,
+    Prelude, SceneJob, SceneOutput,
+};
+use roomplan_prep::rejects::{strict_exit, Reject, REJECTS_FILE};
+use roomplan_prep::scannet::{missing_scan_reason, prepare_scene, read_ply_bounds_hashed, scan_exists, SceneFailure};
+use roomplan_prep::shard::{ViewRecord, ENCODING_PNG};
+use roomplan_prep::sqa3d::{bird_file, join_split, Split, Sqa3dQuestion};
+
+const TOOL: &str = "prep-sqa3d";
+
+/// Prepare SQA3D (situated questions about ScanNet scans) as Arrow shards: one `scenes` row per
+/// scan with its selected views and their geometry, one `samples` row per question with its
+/// situation text and the agent's position and heading, as given and in the sample's reference
+/// frame (positions are relative to the bounding-box centre of `<scene>_vh_clean_2.ply`, which is
+/// therefore read too).
+///
+/// Questions and annotations are joined on question_id; duplicated ids, orphans and other bad
+/// records go to rejects.jsonl and the run goes on; --strict makes them fail the run.
+#[derive(Debug, Parser)]
+#[command(name = TOOL, version, verbatim_doc_comment)]
+struct Args {
+    /// ScanNet root: the folder that holds `scans/<scene>/` (with `<scene>_vh_clean_2.ply`).
+    #[arg(long, value_name = "DIR")]
+    scannet: PathBuf,
+
+    /// SQA3D folder holding `balanced/v1_balanced_{questions,sqa_annotations}_<split>_scannetv2.json`
+    /// (and `bird/<scene>_bird.png` for --bev).
+    #[arg(long, value_name = "DIR")]
+    sqa3d: PathBuf,
+
+    /// Splits to prepare (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Split::Train, Split::Val, Split::Test])]
+    splits: Vec<Split>,
+
+    /// Add each scene's bird's-eye render `bird/<scene>_bird.png` as a last view, stored as given
+    /// (PNG) and without geometry.
+    #[arg(long)]
+    bev: bool,
+
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// A joined question and the labels of its two files.
+struct Question {
+    questions_file: String,
+    annotations_file: String,
+    q: Sqa3dQuestion,
+}
+
+impl Question {
+    /// Both records of the question, as (file, record) for rejects.
+    fn records(&self) -> [(String, String); 2] {
+        let id = self.q.question_id.to_string();
+        [
+            (self.questions_file.clone(), id.clone()),
+            (self.annotations_file.clone(), id),
+        ]
+    }
+}
+
+fn run(args: Args) -> Result<ExitCode> {
+    args.common.validate()?;
+    let scannet = InputRoot::new("scannet", &args.scannet)?;
+    scannet.require("scans")?;
+    let sqa3d = InputRoot::new("sqa3d", &args.sqa3d)?;
+    if args.bev {
+        sqa3d.require("bird")?;
+    }
+    let mut splits = args.splits.clone();
+    splits.sort();
+    splits.dedup();
+    let files: Vec<(Split, PathBuf, PathBuf)> = splits
+        .iter()
+        .map(|&s| {
+            Ok((
+                s,
+                sqa3d.require(&s.questions_file())?,
+                sqa3d.require(&s.annotations_file())?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+
+    let mut prelude = Prelude::default();
+    let mut joined: Vec<(String, Question)> = Vec::new();
+    for (split, q_path, a_path) in &files {
+        let (q_bytes, q_input) = sqa3d.read(q_path)?;
+        let (a_bytes, a_input) = sqa3d.read(a_path)?;
+        prelude.raw_inputs.extend([q_input, a_input]);
+        let (q_label, a_label) = (sqa3d.label(q_path), sqa3d.label(a_path));
+        let (questions, rejects) = join_split(&q_bytes, &q_label, &a_bytes, &a_label, *split);
+        prelude.rejects.extend(rejects);
+        joined.extend(questions.into_iter().map(|q| {
+            (
+                q_label.clone(),
+                Question {
+                    questions_file: q_label.clone(),
+                    annotations_file: a_label.clone(),
+                    q,
+                },
+            )
+        }));
+    }
+    let (joined, rejects) = reject_ids_across_files(joined, |q| q.q.question_id.to_string());
+    prelude.rejects.extend(rejects);
+
+    let mut by_scene: BTreeMap<String, Vec<Question>> = BTreeMap::new();
+    for (_, question) in joined {
+        let scene = question.q.scene_id.clone();
+        if scan_exists(&scannet, &scene) {
+            by_scene.entry(scene).or_default().push(question);
+        } else {
+            let reason = missing_scan_reason(&scannet, &scene);
+            for (file, record) in question.records() {
+                prelude
+                    .scene_rejects
+                    .push((scene.clone(), Reject::new(file, record, &reason)));
+            }
+        }
+    }
+    let jobs: Vec<SceneJob<Vec<Question>>> = by_scene
+        .into_iter()
+        .map(|(scene_id, data)| SceneJob { scene_id, data })
+        .collect();
+
+    let own = serde_json::json!({ "splits": splits, "bev": args.bev });
+    let tool = ToolInfo::new(TOOL, env!("CARGO_PKG_VERSION"), merge_arguments(&args.common, own));
+    let view_options = args.common.view_options();
+    let out = args.common.out_dir("sqa3d");
+    let summary = run_scenes(&args.common, &out, tool, prelude, jobs, |job| {
+        let samples = || job.data.iter().flat_map(Question::records);
+        let mut prepared = match prepare_scene(&scannet, &job.scene_id, &view_options) {
+            Ok(p) => p,
+            Err(failure) => return failure.into_output(samples()),
+        };
+        // The situation frame is centred on the mesh's bounding box: without the mesh, no sample
+        // can be placed.
+        let ply = scannet
+            .dir
+            .join("scans")
+            .join(&job.scene_id)
+            .join(format!("{}_vh_clean_2.ply", job.scene_id));
+        let centre = match read_ply_bounds_hashed(&ply) {
+            Ok((bounds, sha256)) => {
+                prepared.raw_inputs.push(roomplan_prep::manifest::RawInput {
+                    path: scannet.label(&ply),
+                    kind: roomplan_prep::manifest::RawInputKind::File,
+                    sha256: hex::encode(sha256),
+                    bytes: std::fs::metadata(&ply).map(|m| m.len()).unwrap_or(0),
+                });
+                bounds.center()
+            }
+            Err(e) => {
+                let mut rejects = prepared.rejects;
+                let reason = format!("scene {} has no usable mesh centre: {}", job.scene_id, e.reason());
+                rejects.push(Reject::new(scannet.label(e.file()), e.record(), e.reason()));
+                let failure = SceneFailure {
+                    rejects,
+                    raw_inputs: prepared.raw_inputs,
+                    reason,
+                };
+                return failure.into_output(samples());
+            }
+        };
+        if args.bev {
+            add_bird_view(
+                &sqa3d,
+                &job.scene_id,
+                &mut prepared.record.views,
+                &mut prepared.rejects,
+                &mut prepared.raw_inputs,
+            );
+        }
+        let samples = job
+            .data
+            .iter()
+            .map(|q| q.q.to_sample(Some(q.q.agent(&centre, &prepared.reference))))
+            .collect();
+        SceneOutput {
+            scene: Some(prepared.record),
+            samples,
+            rejects: prepared.rejects,
+            raw_inputs: prepared.raw_inputs,
+        }
+    })
+    .with_context(|| format!("writing {}", out.display()))?;
+    Ok(strict_exit(
+        summary.manifest.counts.rejects,
+        args.common.strict,
+        &summary.dir.join(REJECTS_FILE),
+    ))
+}
+
+/// Appends the scene's bird's-eye PNG as a view without geometry; a missing or unreadable image is
+/// a reject and the scene goes on without it.
+fn add_bird_view(
+    sqa3d: &InputRoot,
+    scene_id: &str,
+    views: &mut Vec<ViewRecord>,
+    rejects: &mut Vec<Reject>,
+    raw_inputs: &mut Vec<roomplan_prep::manifest::RawInput>,
+) {
+    let path = sqa3d.dir.join(bird_file(scene_id));
+    let label = sqa3d.label(&path);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => {
+            rejects.push(Reject::new(
+                label,
+                "whole file",
+                format!("bird's-eye view of {scene_id} not readable: {e}"),
+            ));
+            return;
+        }
+    };
+    raw_inputs.push(raw_input_of_bytes(&label, &bytes));
+    match image::load_from_memory_with_format(&bytes, image::ImageFormat::Png) {
+        Ok(img) => views.push(ViewRecord {
+            frame_id: "bird".to_string(),
+            width: img.width(),
+            height: img.height(),
+            image: bytes,
+            encoding: ENCODING_PNG.to_string(),
+            geometry: None,
+        }),
+        Err(e) => rejects.push(Reject::new(label, "whole file", format!("not a decodable PNG: {e}"))),
+    }
+}
+
+fn main() -> ExitCode {
+    exit_with(TOOL, run(Args::parse()))
+}
