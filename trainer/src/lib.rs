@@ -12,6 +12,7 @@ pub mod parity;
 
 // Vision side and fusion (issue 6).
 pub mod vggt;
+pub mod vggt_load;
 pub mod perceiver;
 pub mod geometry_head;
 pub mod fused;
