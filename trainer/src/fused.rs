@@ -1,1 +1,341 @@
-//! (issue 6: VGGT / Perceiver / geometry head / fusion) — module under construction.
+//! The fused model: frozen VGGT tokens → trainable Perceiver latents, per-view geometry →
+//! trainable geometry tokens, both written into the prompt's `<image>` slots as
+//! `[geometry tokens ‖ projected latents]`, then Qwen3 (frozen) with LoRA (trainable); the loss
+//! is next-token cross-entropy on the answer tokens only (prompt, image slots and padding carry
+//! the ignore label).
+//!
+//! The VGGT aggregator runs once per scene (its tokens can be cached), so a training example
+//! carries its vision tokens; [`encode_views`] computes them from images.
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use crate::chat::{TrainingExample, IGNORE_INDEX};
+use crate::geometry_head::{GeometryHead, GeometryHeadConfig, ViewGeometry};
+use crate::lora::Lora;
+use crate::perceiver::{Perceiver, PerceiverConfig};
+use crate::qwen3::{Input, Qwen3};
+use crate::vggt::Aggregator;
+
+/// Sizes of the trainable vision side.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FusedConfig {
+    pub perceiver: PerceiverConfig,
+    pub geometry: GeometryHeadConfig,
+}
+
+/// Vision tokens of one sample: the requested aggregator layers of all its views, concatenated
+/// on the channel axis and flattened over views and tokens: `[S·P, 2C·layers.len()]`.
+pub fn encode_views(aggregator: &Aggregator, images: &Tensor, layers: &[usize]) -> Result<Tensor> {
+    ensure!(!layers.is_empty(), "encode_views: no VGGT layer selected");
+    ensure!(
+        images.rank() == 4,
+        "encode_views: images must be [S, 3, H, W], got {:?}",
+        images.dims()
+    );
+    let outputs = aggregator.forward_layers(images, layers)?;
+    let joined = Tensor::cat(&outputs, D::Minus1)?;
+    let (s, p, c) = joined.dims3()?;
+    Ok(joined.reshape((s * p, c))?)
+}
+
+/// One training example of the fused model.
+#[derive(Debug, Clone)]
+pub struct FusedExample {
+    /// Prompt + answer ids and labels; its image slots must number
+    /// [`FusedModel::image_slots`] for this example's geometry.
+    pub text: TrainingExample,
+    /// `[N, perceiver.input_dim]`, e.g. from [`encode_views`] (detached: VGGT is frozen).
+    pub vision: Tensor,
+    /// Per-view geometry, `None` for a sample without geometry (then no geometry tokens).
+    pub geometry: Option<Vec<ViewGeometry>>,
+}
+
+/// Perceiver + geometry head (variables in one `VarMap`) around a frozen Qwen3 with LoRA.
+pub struct FusedModel {
+    cfg: FusedConfig,
+    varmap: VarMap,
+    perceiver: Perceiver,
+    geometry: GeometryHead,
+    llm: Qwen3,
+    lora: Lora,
+}
+
+impl FusedModel {
+    /// Creates fresh trainable Perceiver/geometry weights (f32) and attaches `lora` to `llm`.
+    pub fn new(cfg: &FusedConfig, mut llm: Qwen3, lora: Lora) -> Result<Self> {
+        let hidden = llm.config().hidden_size;
+        ensure!(
+            cfg.perceiver.output_dim == hidden && cfg.geometry.output_dim == hidden,
+            "perceiver/geometry output widths {}/{} must equal the LLM width {hidden}",
+            cfg.perceiver.output_dim,
+            cfg.geometry.output_dim
+        );
+        let device = llm.device().clone();
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        let perceiver = Perceiver::new(&cfg.perceiver, vb.pp("perceiver"))?;
+        let geometry = GeometryHead::new(&cfg.geometry, vb.pp("geometry_head"))?;
+        lora.attach(&mut llm)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            varmap,
+            perceiver,
+            geometry,
+            llm,
+            lora,
+        })
+    }
+
+    pub fn config(&self) -> &FusedConfig {
+        &self.cfg
+    }
+
+    pub fn llm(&self) -> &Qwen3 {
+        &self.llm
+    }
+
+    pub fn device(&self) -> &Device {
+        self.llm.device()
+    }
+
+    /// The Perceiver and geometry-head variables (`perceiver.…`, `geometry_head.…`).
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// How many `<image>` slots a prompt needs: geometry tokens, then the latents.
+    pub fn image_slots(&self, geometry_views: usize) -> usize {
+        self.geometry.num_tokens(geometry_views) + self.cfg.perceiver.num_latents
+    }
+
+    /// Every trainable variable by name, sorted: Perceiver and geometry head, then LoRA (PEFT keys).
+    pub fn trainable_vars(&self) -> Vec<(String, Var)> {
+        let mut vars: Vec<(String, Var)> = self
+            .varmap
+            .data()
+            .lock()
+            .map(|d| d.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars.extend(self.lora.vars());
+        vars
+    }
+
+    /// The `[slots, hidden]` embeddings written into one example's image slots.
+    fn slot_embeddings(
+        &self,
+        latents: &Tensor,
+        geometry: Option<&[ViewGeometry]>,
+    ) -> Result<Tensor> {
+        match geometry
+            .map(|g| self.geometry.forward(g, self.device()))
+            .transpose()?
+            .flatten()
+        {
+            Some(geo) => Ok(Tensor::cat(&[&geo, latents], 0)?),
+            None => Ok(latents.clone()),
+        }
+    }
+
+    /// Input embeddings `[B, T, hidden]`, attention mask `[B, T]` (u8) and labels `[B, T]` (i64)
+    /// of a batch, right-padded to its longest example.
+    pub fn build_inputs(&self, batch: &[FusedExample]) -> Result<(Tensor, Tensor, Tensor)> {
+        ensure!(!batch.is_empty(), "empty batch");
+        let device = self.device();
+        let latents = self.perceive(batch)?;
+        let hidden = self.llm.config().hidden_size;
+        let max_len = batch.iter().map(|e| e.text.ids.len()).max().unwrap_or(0);
+        let (mut rows, mut masks, mut labels) = (vec![], vec![], vec![]);
+        for (i, ex) in batch.iter().enumerate() {
+            let t = &ex.text;
+            ensure!(
+                t.ids.len() == t.labels.len(),
+                "example {i}: {} ids but {} labels",
+                t.ids.len(),
+                t.labels.len()
+            );
+            let slots = self.slot_embeddings(&latents.get(i)?, ex.geometry.as_deref())?;
+            let n_slots = slots.dim(0)?;
+            let start = *t
+                .image_positions
+                .first()
+                .context("example without image slots")?;
+            ensure!(
+                t.image_positions.len() == n_slots
+                    && t.image_positions
+                        .iter()
+                        .enumerate()
+                        .all(|(k, &p)| p == start + k),
+                "example {i}: the prompt has {} image slots, {} are needed (contiguous)",
+                t.image_positions.len(),
+                n_slots
+            );
+            ensure!(
+                t.image_positions
+                    .iter()
+                    .all(|&p| t.labels[p] == IGNORE_INDEX),
+                "example {i}: image slots must not carry labels"
+            );
+            let ids = Tensor::new(t.ids.as_slice(), device)?.unsqueeze(0)?;
+            let text = self.llm.embed(&ids)?.squeeze(0)?;
+            let len = t.ids.len();
+            let mut parts = vec![];
+            if start > 0 {
+                parts.push(text.narrow(0, 0, start)?);
+            }
+            parts.push(slots);
+            if start + n_slots < len {
+                parts.push(text.narrow(0, start + n_slots, len - start - n_slots)?);
+            }
+            if len < max_len {
+                parts.push(Tensor::zeros((max_len - len, hidden), DType::F32, device)?);
+            }
+            rows.push(Tensor::cat(&parts, 0)?);
+            let mut mask = vec![1u8; len];
+            mask.resize(max_len, 0);
+            masks.push(Tensor::new(mask, device)?);
+            let mut lab = t.labels.clone();
+            lab.resize(max_len, IGNORE_INDEX);
+            labels.push(Tensor::new(lab, device)?);
+        }
+        Ok((
+            Tensor::stack(&rows, 0)?,
+            Tensor::stack(&masks, 0)?,
+            Tensor::stack(&labels, 0)?,
+        ))
+    }
+
+    /// Perceiver latents `[B, num_latents, hidden]`, vision tokens padded to the longest example.
+    fn perceive(&self, batch: &[FusedExample]) -> Result<Tensor> {
+        let device = self.device();
+        let width = self.cfg.perceiver.input_dim;
+        let max_n = batch
+            .iter()
+            .map(|e| e.vision.dim(0).unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        ensure!(max_n > 0, "no vision tokens in the batch");
+        let (mut rows, mut masks) = (vec![], vec![]);
+        for (i, ex) in batch.iter().enumerate() {
+            let (n, w) = ex
+                .vision
+                .dims2()
+                .with_context(|| format!("example {i}: vision tokens must be [N, {width}]"))?;
+            if w != width || n == 0 {
+                bail!("example {i}: vision tokens are [{n}, {w}], expected [N > 0, {width}]");
+            }
+            let v = ex.vision.to_device(device)?.to_dtype(DType::F32)?.detach();
+            let mut mask = vec![1f32; n];
+            rows.push(if n < max_n {
+                mask.resize(max_n, 0.0);
+                Tensor::cat(
+                    &[v, Tensor::zeros((max_n - n, width), DType::F32, device)?],
+                    0,
+                )?
+            } else {
+                v
+            });
+            masks.push(Tensor::new(mask, device)?);
+        }
+        let all_full = batch.iter().all(|e| e.vision.dim(0).ok() == Some(max_n));
+        let mask = if all_full {
+            None
+        } else {
+            Some(Tensor::stack(&masks, 0)?)
+        };
+        Ok(self
+            .perceiver
+            .forward(&Tensor::stack(&rows, 0)?, mask.as_ref())?)
+    }
+
+    /// Mean cross-entropy over the answer tokens of the batch.
+    pub fn loss(&self, batch: &[FusedExample]) -> Result<Tensor> {
+        let (embeds, mask, labels) = self.build_inputs(batch)?;
+        self.llm
+            .loss(Input::Embeds(&embeds), Some(&mask), &labels, true)
+    }
+}
+
+/// AdamW hyper-parameters (PyTorch's defaults except the learning rate).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+/// AdamW (decoupled weight decay, bias-corrected moments) with f32 moments.
+pub struct AdamW {
+    cfg: AdamWConfig,
+    vars: Vec<(String, Var)>,
+    first: Vec<Tensor>,
+    second: Vec<Tensor>,
+    step: usize,
+}
+
+impl AdamW {
+    pub fn new(vars: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
+        let zeros = |v: &Var| Tensor::zeros(v.shape(), DType::F32, v.device());
+        let first = vars
+            .iter()
+            .map(|(_, v)| zeros(v))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let second = vars
+            .iter()
+            .map(|(_, v)| zeros(v))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            cfg,
+            vars,
+            first,
+            second,
+            step: 0,
+        })
+    }
+
+    pub fn steps_taken(&self) -> usize {
+        self.step
+    }
+
+    /// One update from `grads`; a variable without a gradient is left untouched.
+    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.step += 1;
+        let c = self.cfg;
+        let correction1 = 1.0 - c.beta1.powi(self.step as i32);
+        let correction2 = 1.0 - c.beta2.powi(self.step as i32);
+        for (i, (_, var)) in self.vars.iter().enumerate() {
+            let Some(grad) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let grad = grad.to_dtype(DType::F32)?;
+            self.first[i] = ((&self.first[i] * c.beta1)? + (&grad * (1.0 - c.beta1))?)?;
+            self.second[i] = ((&self.second[i] * c.beta2)? + (grad.sqr()? * (1.0 - c.beta2))?)?;
+            let m_hat = (&self.first[i] / correction1)?;
+            let v_hat = (&self.second[i] / correction2)?;
+            let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
+            let value = var.as_tensor().to_dtype(DType::F32)?;
+            let decayed = (&value * (1.0 - c.lr * c.weight_decay))?;
+            var.set(&(decayed - (update * c.lr)?)?.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
+    }
+}
