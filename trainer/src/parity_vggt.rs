@@ -41,6 +41,17 @@ fn default_weights_file() -> String {
     "weights.safetensors".to_string()
 }
 
+/// Whether `folder` looks like a VGGT fixture: a `config.json` with `aggregator_kwargs`.
+pub fn is_fixture(folder: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(folder.join("config.json")) else {
+        return false;
+    };
+    serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| {
+        v.get("aggregator_kwargs")
+            .is_some_and(serde_json::Value::is_object)
+    })
+}
+
 /// The aggregator config of a parity folder: its `aggregator_kwargs`, with `patch_embed` and the
 /// DINOv2 sizes taken from the top level (the kwargs hold a placeholder for the tiny DINOv2).
 pub fn folder_config(folder: &Path) -> Result<Config> {

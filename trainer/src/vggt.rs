@@ -928,6 +928,35 @@ mod tests {
         assert_eq!(w[0].iter().filter(|x| **x != 0.0).count(), 3);
     }
 
+    /// Weight rows PyTorch 2.15 gives (`interpolate(mode="bicubic", antialias=True)` of unit
+    /// basis vectors), rounded to 7 decimals.
+    #[test]
+    fn aa_bicubic_matches_torch_weights() {
+        let close = |ours: &[f64], torch: &[f64]| {
+            assert_eq!(ours.len(), torch.len());
+            for (a, b) in ours.iter().zip(torch) {
+                assert!((a - b).abs() < 2e-6, "{ours:?} vs {torch:?}");
+            }
+        };
+        let w = aa_bicubic_weights(5, 3);
+        close(&w[0], &[0.5846153, 0.4461538, 0.0, -0.0307692, 0.0]);
+        close(
+            &w[1],
+            &[-0.0372093, 0.2465116, 0.5813953, 0.2465116, -0.0372093],
+        );
+        let w = aa_bicubic_weights(4, 6);
+        close(&w[0], &[1.0657893, -0.0657893, 0.0, 0.0]);
+        close(&w[2], &[-0.0578705, 0.9375001, 0.1319446, -0.0115742]);
+        let w = aa_bicubic_weights(37, 28);
+        close(&w[0][..4], &[0.7609572, 0.296139, -0.0570962, 0.0]);
+        close(
+            &w[13][14..21],
+            &[
+                0.0, -0.0153374, -0.0049614, 0.6493669, 0.4244442, -0.0535122, 0.0,
+            ],
+        );
+    }
+
     #[test]
     fn rope_table_matches_formula() {
         let table =

@@ -61,6 +61,14 @@ fn dinov2_variant_matches_official_outputs_square_and_resampled() {
 }
 
 #[test]
+fn fixture_folders_are_recognised() {
+    assert!(parity_vggt::is_fixture(&fixture("conv")));
+    assert!(parity_vggt::is_fixture(&fixture("dinov2")));
+    assert!(!parity_vggt::is_fixture(&shared_dir().join("parity/vggt")));
+    assert!(!parity_vggt::is_fixture(&shared_dir().join("parity/qwen3")));
+}
+
+#[test]
 fn pt_and_safetensors_load_identical_tensors_ignoring_heads() {
     for variant in ["conv", "dinov2"] {
         let dir = fixture(variant);
