@@ -907,6 +907,16 @@ pub fn visible_voxels(
 /// lowest index) until `num_views` are chosen; returns candidate indices ascending, so the earliest
 /// chosen frame anchors the reference frame.
 pub fn select_coverage(voxels: &[Vec<[i32; 3]>], num_views: usize) -> Vec<usize> {
+    // Duplicated keys in a candidate must count once.
+    let voxels: Vec<Vec<[i32; 3]>> = voxels
+        .iter()
+        .map(|keys| {
+            let mut keys = keys.clone();
+            keys.sort_unstable();
+            keys.dedup();
+            keys
+        })
+        .collect();
     let mut seen: HashSet<[i32; 3]> = HashSet::new();
     let mut chosen = vec![false; voxels.len()];
     let mut picked = Vec::new();

@@ -1162,18 +1162,20 @@ impl DatasetWriter {
                 scene.dataset
             )));
         }
-        if !self.scene_ids.insert(scene.scene_id.clone()) {
+        if self.scene_ids.contains(&scene.scene_id) {
             return Err(ShardError::Record(format!(
                 "scene {} is written twice",
                 scene.scene_id
             )));
         }
+        // A rejected scene must leave no trace: check everything before recording anything.
+        let mut bins = self.depth_bins;
         for (i, view) in scene.views.iter().enumerate() {
             if let Some(g) = &view.geometry {
-                let bins = *self.depth_bins.get_or_insert(g.depth_hist.len());
-                if g.depth_hist.len() != bins {
+                let expected = *bins.get_or_insert(g.depth_hist.len());
+                if g.depth_hist.len() != expected {
                     return Err(ShardError::Record(format!(
-                        "scene {} view {i} (frame {}): depth_hist has {} bins, earlier views have {bins}",
+                        "scene {} view {i} (frame {}): depth_hist has {} bins, earlier views have {expected}",
                         scene.scene_id,
                         view.frame_id,
                         g.depth_hist.len()
@@ -1181,6 +1183,8 @@ impl DatasetWriter {
                 }
             }
         }
+        self.depth_bins = bins;
+        self.scene_ids.insert(scene.scene_id.clone());
         self.views += scene.views.len() as u64;
         self.scenes.push(scene)
     }
