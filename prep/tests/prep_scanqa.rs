@@ -1,0 +1,293 @@
+//! `prep-scanqa` end to end on synthetic ScanNet + ScanQA data in the real formats.
+
+mod scannet_common;
+
+use std::collections::BTreeSet;
+
+use roomplan_prep::geometry::{validate_pose, ReferenceFrame};
+use roomplan_prep::shard::{merge_datasets, Dataset};
+use roomplan_synth::ScannetFormat;
+use scannet_common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_prep-scanqa");
+
+fn prep(raw: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let (scannet, scanqa) = (raw.join("scannet"), raw.join("scanqa"));
+    let mut args = vec![
+        "--scannet",
+        path_arg(&scannet),
+        "--scanqa",
+        path_arg(&scanqa),
+        "--out",
+        path_arg(out),
+    ];
+    args.extend_from_slice(extra);
+    run(BIN, &args)
+}
+
+#[test]
+fn snapshot_and_geometry_against_the_truth() {
+    let tmp = synth(&small_config(ScannetFormat::Sens, false));
+    let raw = raw(&tmp);
+    let out = tmp.path().join("out");
+    let res = prep(&raw, &out, &["--threads", "2"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    let dataset = Dataset::open(&out).unwrap();
+    let digest = std::fs::read(out.join("manifest.json"))
+        .map(|b| roomplan_prep::manifest::sha256_hex(&b))
+        .unwrap();
+    assert!(stderr.contains(&format!("dataset digest {digest}")), "{stderr}");
+    let counts = dataset.manifest().counts;
+    assert_eq!(
+        (counts.scenes, counts.samples, counts.views, counts.rejects),
+        (3, 9, 24, 0)
+    );
+    insta::assert_snapshot!(
+        "scanqa_manifest",
+        std::fs::read_to_string(out.join("manifest.json")).unwrap()
+    );
+    insta::assert_snapshot!("scanqa_dump", dump(&out));
+
+    let truth = truth(&raw);
+    for scene_truth in truth["scenes"].as_array().unwrap() {
+        let id = scene_truth["scene_id"].as_str().unwrap();
+        let scene = dataset.scene_by_id(id).unwrap().unwrap();
+        let sn = &scene_truth["scannet"];
+        // Test scans have no axisAlignment: identity, flagged.
+        if scene_truth["test_scene"].as_bool().unwrap() {
+            assert!(!scene.axis_alignment_from_metadata);
+            assert_eq!(scene.axis_alignment[0], 1.0);
+        } else {
+            assert!(scene.axis_alignment_from_metadata);
+            let expect = mat4(&sn["axis_alignment"]);
+            for i in 0..16 {
+                assert!(
+                    (scene.axis_alignment[i] - expect[i / 4][i % 4]).abs() < 1e-5,
+                    "{id} axis alignment"
+                );
+            }
+        }
+        let c2w = |frame: &str| {
+            let f = &sn["frames"][frame.parse::<usize>().unwrap()];
+            validate_pose(&mat4(&f["c2w"])).unwrap()
+        };
+        // Views evenly spaced over 12 frames: round(i·11/7).
+        let ids: Vec<&str> = scene.views.iter().map(|v| v.frame_id.as_str()).collect();
+        assert_eq!(ids, ["0", "2", "3", "5", "6", "8", "9", "11"]);
+        let reference = ReferenceFrame::from_camera(&c2w(&scene.views[0].frame_id));
+        let k = &sn["color_intrinsics"];
+        let (w, h) = (k["width"].as_f64().unwrap(), k["height"].as_f64().unwrap());
+        for view in &scene.views {
+            // VGGT's size rule: 518 wide, height round(120·518/160/14)·14 = 392, no crop.
+            assert_eq!((view.width, view.height), (518, 392));
+            let g = view.geometry.as_ref().unwrap();
+            let expect = reference.camera_to_reference(&c2w(&view.frame_id));
+            for r in 0..3 {
+                assert!(
+                    (g.t[r] as f64 - expect.t[r]).abs() < 1e-4,
+                    "{id} frame {} t",
+                    view.frame_id
+                );
+                for c in 0..3 {
+                    assert!(
+                        (g.r[r * 3 + c] as f64 - expect.r[r][c]).abs() < 1e-4,
+                        "{id} frame {} R",
+                        view.frame_id
+                    );
+                }
+            }
+            let (sx, sy) = (518.0 / w, 392.0 / h);
+            let fx = k["fx"].as_f64().unwrap() * sx;
+            let cy = (k["cy"].as_f64().unwrap() + 0.5) * sy - 0.5;
+            assert!(
+                (g.k[0] as f64 - fx).abs() < 1e-3 && (g.k[5] as f64 - cy).abs() < 1e-3,
+                "{id} K {:?}",
+                g.k
+            );
+            let sum: f32 = g.depth_hist.iter().sum();
+            assert_eq!(g.depth_hist.len(), 16);
+            assert!(
+                (sum - 1.0).abs() < 1e-5 && g.valid_depth_fraction > 0.5,
+                "{id} depth {:?}",
+                g.depth_hist
+            );
+        }
+        // The reference frame is gravity-aligned and anchored at the first view.
+        let g0 = scene.views[0].geometry.as_ref().unwrap();
+        assert_eq!(g0.t, [0.0; 3]);
+        // Its −Z is the first camera's viewing direction made horizontal: the camera's +z axis
+        // (column 2 of R) has no reference-X component and points to −Z.
+        assert!(g0.r[2].abs() < 1e-6 && g0.r[8] < 0.0, "{id} first view R {:?}", g0.r);
+    }
+    for i in 0..dataset.num_samples() {
+        let s = dataset.sample(i).unwrap();
+        assert_eq!(s.task, "scanqa");
+        // Test questions are kept, without answers; the others have some.
+        assert_eq!(s.answers.is_empty(), s.split == "test", "{}", s.sample_id);
+        assert_eq!(s.object_ids.is_none(), s.split == "test");
+    }
+}
+
+fn check_faults(format: ScannetFormat) {
+    let tmp = synth(&small_config(format, true));
+    let raw = raw(&tmp);
+    let out = tmp.path().join("out");
+    let res = prep(&raw, &out, &["--threads", "2"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let expected = faults(&raw, &["scannet", "scanqa"]);
+    let got: BTreeSet<(String, String)> = rejects(&out).into_iter().map(|(f, r, _)| (f, r)).collect();
+    assert_eq!(got, expected, "rejects must be exactly the injected faults");
+
+    let dataset = Dataset::open(&out).unwrap();
+    let counts = dataset.manifest().counts;
+    // Every scene survives (the truncated .sens keeps its complete frames); only the question
+    // about the unknown scene is lost.
+    assert_eq!(
+        (counts.scenes, counts.samples, counts.rejects),
+        (3, 9, expected.len() as u64)
+    );
+    let frames = |id: &str| -> Vec<String> {
+        dataset
+            .scene_by_id(id)
+            .unwrap()
+            .unwrap()
+            .views
+            .iter()
+            .map(|v| v.frame_id.clone())
+            .collect()
+    };
+    let bad = frames("scene0000_00");
+    assert_eq!(bad.len(), 8);
+    assert!(
+        bad.iter().all(
+            |f| !["1", "2", "3", "4"][..if format == ScannetFormat::Export { 4 } else { 3 }].contains(&f.as_str())
+        ),
+        "{bad:?}"
+    );
+    if format == ScannetFormat::Sens {
+        // Cut in frame 6: frames 0..6 remain, all used.
+        assert_eq!(frames("scene0001_00"), ["0", "1", "2", "3", "4", "5"]);
+    }
+    // --strict: the same dataset, and exit code 3.
+    let strict_out = tmp.path().join("strict");
+    let res = prep(&raw, &strict_out, &["--threads", "1", "--strict"]);
+    assert_eq!(res.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        stderr.contains(&format!("{} record(s) rejected (--strict)", expected.len())),
+        "{stderr}"
+    );
+    assert_eq!(files(&out), files(&strict_out));
+}
+
+#[test]
+fn faults_in_the_sens_are_rejected_exactly() {
+    check_faults(ScannetFormat::Sens);
+}
+
+#[test]
+fn faults_in_the_export_folders_are_rejected_exactly() {
+    check_faults(ScannetFormat::Export);
+}
+
+#[test]
+fn deterministic_with_one_or_two_threads() {
+    let tmp = synth(&small_config(ScannetFormat::Sens, true));
+    let raw = raw(&tmp);
+    let mut outputs = Vec::new();
+    for (name, threads) in [("a", "1"), ("b", "2"), ("c", "2")] {
+        let out = tmp.path().join(name);
+        let res = prep(
+            &raw,
+            &out,
+            &[
+                "--threads",
+                threads,
+                "--image-width",
+                "112",
+                "--view-selection",
+                "coverage",
+            ],
+        );
+        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        outputs.push(files(&out));
+    }
+    assert!(outputs[0].iter().any(|(name, _)| name == "scenes-00000.arrow"));
+    assert_eq!(outputs[0], outputs[1], "1 vs 2 threads");
+    assert_eq!(outputs[1], outputs[2], "run twice");
+}
+
+#[test]
+fn parts_merge_into_the_whole() {
+    let tmp = synth(&small_config(ScannetFormat::Sens, true));
+    let raw = raw(&tmp);
+    let whole = tmp.path().join("whole");
+    assert!(prep(&raw, &whole, &["--image-width", "56"]).status.success());
+    let parts: Vec<_> = (0..2)
+        .map(|i| {
+            let dir = tmp.path().join(format!("part{i}"));
+            let res = prep(
+                &raw,
+                &dir,
+                &[
+                    "--image-width",
+                    "56",
+                    "--num-shards",
+                    "2",
+                    "--shard-index",
+                    &i.to_string(),
+                ],
+            );
+            assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+            dir
+        })
+        .collect();
+    let merged = tmp.path().join("merged");
+    let (manifest, _) = merge_datasets(&merged, &parts).unwrap();
+    let whole = Dataset::open(&whole).unwrap();
+    assert_eq!(manifest.counts, whole.manifest().counts);
+    assert_eq!(manifest.raw_inputs, whole.manifest().raw_inputs);
+    let merged_rejects: BTreeSet<_> = rejects(&merged).into_iter().collect();
+    let whole_rejects: BTreeSet<_> = rejects(whole.dir()).into_iter().collect();
+    assert_eq!(merged_rejects, whole_rejects);
+}
+
+#[test]
+fn missing_inputs_are_errors_before_any_work() {
+    let tmp = synth(&small_config(ScannetFormat::Sens, false));
+    let raw = raw(&tmp);
+    let out = tmp.path().join("out");
+    let res = run(
+        BIN,
+        &[
+            "--scannet",
+            path_arg(&raw.join("nope")),
+            "--scanqa",
+            path_arg(&raw.join("scanqa")),
+            "--out",
+            path_arg(&out),
+        ],
+    );
+    assert_eq!(res.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        stderr.contains("--scannet") && stderr.contains("nope: no such folder"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    std::fs::remove_file(raw.join("scanqa/ScanQA_v1.0_val.json")).unwrap();
+    let res = prep(&raw, &out, &[]);
+    assert_eq!(res.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        stderr.contains("scanqa:ScanQA_v1.0_val.json: missing input"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    // Without the val split, the run works.
+    let res = prep(&raw, &out, &["--splits", "train,test"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let dataset = Dataset::open(&out).unwrap();
+    assert!((0..dataset.num_samples()).all(|i| dataset.sample(i).unwrap().split != "val"));
+}
