@@ -47,13 +47,22 @@ pub struct Message {
 
 impl Message {
     pub fn system(content: impl Into<String>) -> Self {
-        Self { role: Role::System, content: content.into() }
+        Self {
+            role: Role::System,
+            content: content.into(),
+        }
     }
     pub fn user(content: impl Into<String>) -> Self {
-        Self { role: Role::User, content: content.into() }
+        Self {
+            role: Role::User,
+            content: content.into(),
+        }
     }
     pub fn assistant(content: impl Into<String>) -> Self {
-        Self { role: Role::Assistant, content: content.into() }
+        Self {
+            role: Role::Assistant,
+            content: content.into(),
+        }
     }
 }
 
@@ -61,7 +70,11 @@ impl Message {
 pub fn render(messages: &[Message], add_generation_prompt: bool) -> String {
     let mut out = String::new();
     for m in messages {
-        out.push_str(&format!("{IM_START}{}\n{}{IM_END}\n", m.role.as_str(), m.content));
+        out.push_str(&format!(
+            "{IM_START}{}\n{}{IM_END}\n",
+            m.role.as_str(),
+            m.content
+        ));
     }
     if add_generation_prompt {
         out.push_str(&format!("{IM_START}assistant\n"));
@@ -99,16 +112,26 @@ pub struct ChatTokenizer {
 impl ChatTokenizer {
     /// Loads `tokenizer.json`; it must define `<|im_start|>`, `<|im_end|>` and `<|endoftext|>`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let tokenizer =
-            Tokenizer::from_file(path).map_err(|e| anyhow::anyhow!("{}: not a tokenizer.json: {e}", path.display()))?;
+        let tokenizer = Tokenizer::from_file(path)
+            .map_err(|e| anyhow::anyhow!("{}: not a tokenizer.json: {e}", path.display()))?;
         Self::new(tokenizer).with_context(|| format!("{}", path.display()))
     }
 
     pub fn new(tokenizer: Tokenizer) -> Result<Self> {
-        let id = |t: &str| tokenizer.token_to_id(t).with_context(|| format!("the tokenizer has no {t} token (ChatML needs it)"));
+        let id = |t: &str| {
+            tokenizer
+                .token_to_id(t)
+                .with_context(|| format!("the tokenizer has no {t} token (ChatML needs it)"))
+        };
         let (im_start, im_end, end_of_text) = (id(IM_START)?, id(IM_END)?, id(END_OF_TEXT)?);
         let image_slot = tokenizer.token_to_id(IMAGE_PAD).unwrap_or(end_of_text);
-        Ok(Self { tokenizer, im_start, im_end, end_of_text, image_slot })
+        Ok(Self {
+            tokenizer,
+            im_start,
+            im_end,
+            end_of_text,
+            image_slot,
+        })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -136,12 +159,17 @@ impl ChatTokenizer {
 
     /// Ids of plain text (special tokens written in it are recognised, no template added).
     pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.tokenizer.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.tokenizer.decode(ids, skip_special_tokens).map_err(|e| anyhow::anyhow!("decoding {ids:?}: {e}"))
+        self.tokenizer
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| anyhow::anyhow!("decoding {ids:?}: {e}"))
     }
 
     /// The rendered prompt with the generation prompt, its `<image>` (at most one) expanded to
@@ -151,10 +179,21 @@ impl ChatTokenizer {
     }
 
     /// A training example from a conversation ending with the assistant's answer.
-    pub fn encode_training(&self, messages: &[Message], image_slots: usize) -> Result<TrainingExample> {
+    pub fn encode_training(
+        &self,
+        messages: &[Message],
+        image_slots: usize,
+    ) -> Result<TrainingExample> {
         let (answer, context) = messages.split_last().context("empty conversation")?;
-        ensure!(answer.role == Role::Assistant, "the last message is a {} turn, expected the assistant's answer", answer.role.as_str());
-        ensure!(!answer.content.contains(IMAGE_PLACEHOLDER), "the answer contains {IMAGE_PLACEHOLDER}");
+        ensure!(
+            answer.role == Role::Assistant,
+            "the last message is a {} turn, expected the assistant's answer",
+            answer.role.as_str()
+        );
+        ensure!(
+            !answer.content.contains(IMAGE_PLACEHOLDER),
+            "the answer contains {IMAGE_PLACEHOLDER}"
+        );
         let prompt = self.encode_prompt(context, image_slots)?;
         let mut answer_ids = self.encode_text(&answer.content)?;
         answer_ids.push(self.im_end);
@@ -162,23 +201,36 @@ impl ChatTokenizer {
         labels.extend(answer_ids.iter().map(|&i| i as i64));
         let mut ids = prompt.ids;
         ids.extend(answer_ids);
-        Ok(TrainingExample { ids, labels, image_positions: prompt.image_positions })
+        Ok(TrainingExample {
+            ids,
+            labels,
+            image_positions: prompt.image_positions,
+        })
     }
 
     /// Encodes `text`, replacing its `<image>` by `slots` image-slot ids.
     pub fn encode_with_slots(&self, text: &str, slots: usize) -> Result<Prompt> {
         let pieces: Vec<&str> = text.split(IMAGE_PLACEHOLDER).collect();
         match pieces.len() {
-            1 if slots == 0 => Ok(Prompt { ids: self.encode_text(text)?, image_positions: Vec::new() }),
+            1 if slots == 0 => Ok(Prompt {
+                ids: self.encode_text(text)?,
+                image_positions: Vec::new(),
+            }),
             1 => bail!("{slots} image slots requested but the prompt has no {IMAGE_PLACEHOLDER}"),
             2 => {
                 let mut ids = self.encode_text(pieces[0])?;
                 let start = ids.len();
                 ids.extend(std::iter::repeat_n(self.image_slot, slots));
                 ids.extend(self.encode_text(pieces[1])?);
-                Ok(Prompt { ids, image_positions: (start..start + slots).collect() })
+                Ok(Prompt {
+                    ids,
+                    image_positions: (start..start + slots).collect(),
+                })
             }
-            n => bail!("the prompt has {} {IMAGE_PLACEHOLDER} placeholders; at most one is supported", n - 1),
+            n => bail!(
+                "the prompt has {} {IMAGE_PLACEHOLDER} placeholders; at most one is supported",
+                n - 1
+            ),
         }
     }
 }
@@ -209,7 +261,10 @@ pub fn tiny_tokenizer_json(merges: &[(&str, &str)]) -> Result<String> {
         vocab.insert(c.to_string(), json!(i));
     }
     for (a, b) in merges {
-        ensure!(vocab.contains_key(*a) && vocab.contains_key(*b), "merge ({a:?}, {b:?}) uses a symbol not in the vocabulary");
+        ensure!(
+            vocab.contains_key(*a) && vocab.contains_key(*b),
+            "merge ({a:?}, {b:?}) uses a symbol not in the vocabulary"
+        );
         let id = vocab.len();
         vocab.entry(format!("{a}{b}")).or_insert(json!(id));
     }

@@ -30,7 +30,13 @@ struct Sparing {
 }
 
 impl Sparing {
-    fn run<S: BackendStorage>(&self, s1: &S, l1: &Layout, s2: &S, l2: &Layout) -> candle_core::Result<(S, Shape)> {
+    fn run<S: BackendStorage>(
+        &self,
+        s1: &S,
+        l1: &Layout,
+        s2: &S,
+        l2: &Layout,
+    ) -> candle_core::Result<(S, Shape)> {
         match self.kind {
             Kind::Matmul { bmnk } => {
                 let (_, m, n, _) = bmnk;
@@ -38,8 +44,14 @@ impl Sparing {
                 let shape = Shape::from(&dims[..dims.len() - 2]).extend(&[m, n]);
                 Ok((s1.matmul(s2, bmnk, l1, l2)?, shape))
             }
-            Kind::Mul => Ok((s1.binary_impl::<candle_core::op::Mul>(s2, l1, l2)?, l1.shape().clone())),
-            Kind::Add => Ok((s1.binary_impl::<candle_core::op::Add>(s2, l1, l2)?, l1.shape().clone())),
+            Kind::Mul => Ok((
+                s1.binary_impl::<candle_core::op::Mul>(s2, l1, l2)?,
+                l1.shape().clone(),
+            )),
+            Kind::Add => Ok((
+                s1.binary_impl::<candle_core::op::Add>(s2, l1, l2)?,
+                l1.shape().clone(),
+            )),
         }
     }
 }
@@ -53,19 +65,43 @@ impl CustomOp2 for Sparing {
         }
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         self.run(s1, l1, s2, l2)
     }
 
-    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
         self.run(s1, l1, s2, l2)
     }
 
-    fn metal_fwd(&self, s1: &MetalStorage, l1: &Layout, s2: &MetalStorage, l2: &Layout) -> candle_core::Result<(MetalStorage, Shape)> {
+    fn metal_fwd(
+        &self,
+        s1: &MetalStorage,
+        l1: &Layout,
+        s2: &MetalStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(MetalStorage, Shape)> {
         self.run(s1, l1, s2, l2)
     }
 
-    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let want = |t: &Tensor| t.track_op();
         let (ga, gb) = match self.kind {
             Kind::Matmul { .. } => (
@@ -84,7 +120,11 @@ impl CustomOp2 for Sparing {
 
 fn check_same(a: &Tensor, b: &Tensor, op: &'static str) -> candle_core::Result<()> {
     if a.dtype() != b.dtype() {
-        candle_core::bail!("{op}: operand dtypes differ ({:?} vs {:?})", a.dtype(), b.dtype());
+        candle_core::bail!(
+            "{op}: operand dtypes differ ({:?} vs {:?})",
+            a.dtype(),
+            b.dtype()
+        );
     }
     if !a.device().same_device(b.device()) {
         candle_core::bail!("{op}: operands are on different devices");
@@ -97,31 +137,70 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     check_same(a, b, "matmul")?;
     let (ad, bd) = (a.dims(), b.dims());
     let rank = ad.len();
-    if rank < 2 || bd.len() != rank || ad[..rank - 2] != bd[..rank - 2] || ad[rank - 1] != bd[rank - 2] {
-        candle_core::bail!("matmul: incompatible shapes {:?} and {:?}", a.shape(), b.shape());
+    if rank < 2
+        || bd.len() != rank
+        || ad[..rank - 2] != bd[..rank - 2]
+        || ad[rank - 1] != bd[rank - 2]
+    {
+        candle_core::bail!(
+            "matmul: incompatible shapes {:?} and {:?}",
+            a.shape(),
+            b.shape()
+        );
     }
-    let bmnk = (ad[..rank - 2].iter().product(), ad[rank - 2], bd[rank - 1], ad[rank - 1]);
-    a.apply_op2(b, Sparing { kind: Kind::Matmul { bmnk } })
+    let bmnk = (
+        ad[..rank - 2].iter().product(),
+        ad[rank - 2],
+        bd[rank - 1],
+        ad[rank - 1],
+    );
+    a.apply_op2(
+        b,
+        Sparing {
+            kind: Kind::Matmul { bmnk },
+        },
+    )
 }
 
 /// Like `matmul`, but broadcasting the batch dimensions of `a` and `b` against each other.
 pub fn broadcast_matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     let (ad, bd) = (a.dims(), b.dims());
     if ad.len() < 2 || bd.len() < 2 {
-        candle_core::bail!("broadcast_matmul: need rank >= 2, got {:?} and {:?}", a.shape(), b.shape());
+        candle_core::bail!(
+            "broadcast_matmul: need rank >= 2, got {:?} and {:?}",
+            a.shape(),
+            b.shape()
+        );
     }
-    let batch = Shape::from(&ad[..ad.len() - 2]).broadcast_shape_binary_op(&Shape::from(&bd[..bd.len() - 2]), "broadcast_matmul")?;
+    let batch = Shape::from(&ad[..ad.len() - 2])
+        .broadcast_shape_binary_op(&Shape::from(&bd[..bd.len() - 2]), "broadcast_matmul")?;
     let a = a.broadcast_as(batch.clone().extend(&ad[ad.len() - 2..]))?;
     let b = b.broadcast_as(batch.extend(&bd[bd.len() - 2..]))?;
     // candle's matmul kernels need each matrix laid out densely; broadcast batch strides are 0.
-    let dense = |t: Tensor| if t.stride().iter().any(|&s| s == 0) { t.contiguous() } else { Ok(t) };
+    let dense = |t: Tensor| {
+        if t.stride().iter().any(|&s| s == 0) {
+            t.contiguous()
+        } else {
+            Ok(t)
+        }
+    };
     matmul(&dense(a)?, &dense(b)?)
 }
 
-fn broadcast_pair(a: &Tensor, b: &Tensor, op: &'static str) -> candle_core::Result<(Tensor, Tensor)> {
+fn broadcast_pair(
+    a: &Tensor,
+    b: &Tensor,
+    op: &'static str,
+) -> candle_core::Result<(Tensor, Tensor)> {
     check_same(a, b, op)?;
     let shape = a.shape().broadcast_shape_binary_op(b.shape(), op)?;
-    let expand = |t: &Tensor| if *t.shape() == shape { Ok(t.clone()) } else { t.broadcast_as(&shape) };
+    let expand = |t: &Tensor| {
+        if *t.shape() == shape {
+            Ok(t.clone())
+        } else {
+            t.broadcast_as(&shape)
+        }
+    };
     Ok((expand(a)?, expand(b)?))
 }
 
@@ -143,12 +222,19 @@ pub fn broadcast_add(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 pub fn linear(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
     let (out_features, in_features) = weight.dims2()?;
     if x.dim(D::Minus1)? != in_features {
-        candle_core::bail!("linear: input has {} features, weight {:?} expects {in_features}", x.dim(D::Minus1)?, weight.shape());
+        candle_core::bail!(
+            "linear: input has {} features, weight {:?} expects {in_features}",
+            x.dim(D::Minus1)?,
+            weight.shape()
+        );
     }
     let in_dtype = x.dtype();
     let lead: Vec<usize> = x.dims()[..x.rank() - 1].to_vec();
     let rows: usize = lead.iter().product();
-    let x2 = x.to_dtype(weight.dtype())?.contiguous()?.reshape((rows, in_features))?;
+    let x2 = x
+        .to_dtype(weight.dtype())?
+        .contiguous()?
+        .reshape((rows, in_features))?;
     let y = matmul(&x2, &weight.t()?)?;
     let mut out_shape = lead;
     out_shape.push(out_features);

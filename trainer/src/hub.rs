@@ -32,10 +32,16 @@ impl ModelSource {
         }
         let (repo_id, revision) = spec.split_once('@').unwrap_or((spec, "main"));
         ensure!(
-            repo_id.split('/').count() == 2 && !repo_id.starts_with('/') && !repo_id.ends_with('/') && !revision.is_empty(),
+            repo_id.split('/').count() == 2
+                && !repo_id.starts_with('/')
+                && !repo_id.ends_with('/')
+                && !revision.is_empty(),
             "{spec:?} is neither an existing folder nor a hub repo id like owner/name[@revision]"
         );
-        Ok(Self::Hub { repo_id: repo_id.to_string(), revision: revision.to_string() })
+        Ok(Self::Hub {
+            repo_id: repo_id.to_string(),
+            revision: revision.to_string(),
+        })
     }
 }
 
@@ -51,7 +57,12 @@ pub struct ModelFiles {
 
 /// `true` when `HF_HUB_OFFLINE` asks for no network (any value but empty/0/false).
 pub fn hub_offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no" | "off"))
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no" | "off"
+        )
+    })
 }
 
 /// `$HF_HOME/hub`, else `~/.cache/huggingface/hub` (as huggingface_hub).
@@ -59,8 +70,12 @@ pub fn cache_dir() -> Result<PathBuf> {
     if let Some(home) = std::env::var_os("HF_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(home).join("hub"));
     }
-    let home = std::env::var_os("HOME").context("neither HF_HOME nor HOME is set: cannot find the Hugging Face cache")?;
-    Ok(PathBuf::from(home).join(".cache").join("huggingface").join("hub"))
+    let home = std::env::var_os("HOME")
+        .context("neither HF_HOME nor HOME is set: cannot find the Hugging Face cache")?;
+    Ok(PathBuf::from(home)
+        .join(".cache")
+        .join("huggingface")
+        .join("hub"))
 }
 
 /// Reads files of one source, from a folder or from the hub cache.
@@ -77,7 +92,11 @@ impl Fetcher {
             ModelSource::Local(dir) => dir.clone(),
             ModelSource::Hub { .. } => cache_dir()?,
         };
-        Ok(Self { source, cache, offline: hub_offline() })
+        Ok(Self {
+            source,
+            cache,
+            offline: hub_offline(),
+        })
     }
 
     /// Uses `cache` (a `.../hub` folder) instead of the environment's.
@@ -119,7 +138,11 @@ impl Fetcher {
             ModelSource::Hub { repo_id, revision } => format!(
                 "{file} of {repo_id}@{revision} is not in the cache {}{}",
                 self.cache.display(),
-                if self.offline { " and HF_HUB_OFFLINE is set" } else { "" }
+                if self.offline {
+                    " and HF_HUB_OFFLINE is set"
+                } else {
+                    ""
+                }
             ),
         })
     }
@@ -128,20 +151,32 @@ impl Fetcher {
     pub fn model_files(&self) -> Result<ModelFiles> {
         let config = self.require(CONFIG)?;
         let weights = if let Some(index) = self.get(WEIGHTS_INDEX)? {
-            shard_names(&index)?.iter().map(|f| self.require(f)).collect::<Result<Vec<_>>>()?
+            shard_names(&index)?
+                .iter()
+                .map(|f| self.require(f))
+                .collect::<Result<Vec<_>>>()?
         } else if let Some(single) = self.get(SINGLE_WEIGHTS)? {
             vec![single]
         } else {
-            bail!("{:?} has neither {SINGLE_WEIGHTS} nor {WEIGHTS_INDEX}", self.source);
+            bail!(
+                "{:?} has neither {SINGLE_WEIGHTS} nor {WEIGHTS_INDEX}",
+                self.source
+            );
         };
-        Ok(ModelFiles { config, weights, tokenizer: self.get(TOKENIZER)? })
+        Ok(ModelFiles {
+            config,
+            weights,
+            tokenizer: self.get(TOKENIZER)?,
+        })
     }
 }
 
 /// Shard file names of a `model.safetensors.index.json`, in first-appearance order, deduplicated.
 pub fn shard_names(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", index.display()))?;
+    let text =
+        std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: invalid JSON", index.display()))?;
     let map = value
         .get("weight_map")
         .and_then(|m| m.as_object())
@@ -149,7 +184,12 @@ pub fn shard_names(index: &Path) -> Result<Vec<String>> {
     let mut seen = BTreeSet::new();
     let mut names = Vec::new();
     for (tensor, file) in map {
-        let file = file.as_str().with_context(|| format!("{}: weight_map[{tensor:?}] is not a file name", index.display()))?;
+        let file = file.as_str().with_context(|| {
+            format!(
+                "{}: weight_map[{tensor:?}] is not a file name",
+                index.display()
+            )
+        })?;
         ensure!(
             !file.contains('/') && !file.contains('\\') && file != ".." && !file.is_empty(),
             "{}: weight_map[{tensor:?}] = {file:?} is not a plain file name",
@@ -159,7 +199,11 @@ pub fn shard_names(index: &Path) -> Result<Vec<String>> {
             names.push(file.to_string());
         }
     }
-    ensure!(!names.is_empty(), "{}: weight_map is empty", index.display());
+    ensure!(
+        !names.is_empty(),
+        "{}: weight_map is empty",
+        index.display()
+    );
     Ok(names)
 }
 
@@ -174,7 +218,9 @@ pub fn cached_file(cache: &Path, repo_id: &str, revision: &str, file: &str) -> O
     let repo = cache.join(repo_folder(repo_id));
     let commit = match std::fs::read_to_string(repo.join("refs").join(revision)) {
         Ok(c) => c.trim().to_string(),
-        Err(_) if revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit()) => revision.to_string(),
+        Err(_) if revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            revision.to_string()
+        }
         Err(_) => return None,
     };
     let p = repo.join("snapshots").join(commit).join(file);
@@ -187,11 +233,18 @@ fn download(cache: &Path, repo_id: &str, revision: &str, file: &str) -> Result<O
         .with_progress(true)
         .build()
         .context("starting the Hugging Face hub client")?;
-    let repo = hf_hub::Repo::with_revision(repo_id.to_string(), hf_hub::RepoType::Model, revision.to_string());
+    let repo = hf_hub::Repo::with_revision(
+        repo_id.to_string(),
+        hf_hub::RepoType::Model,
+        revision.to_string(),
+    );
     match api.repo(repo).download(file) {
         Ok(p) => Ok(Some(p)),
         Err(hf_hub::api::sync::ApiError::RequestError(e)) if is_not_found(&e) => Ok(None),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("downloading {file} of {repo_id}@{revision}"))),
+        Err(e) => {
+            Err(anyhow::Error::new(e)
+                .context(format!("downloading {file} of {repo_id}@{revision}")))
+        }
     }
 }
 
@@ -223,18 +276,29 @@ mod tests {
     }
 
     fn hub(revision: &str) -> ModelSource {
-        ModelSource::Hub { repo_id: "Org/Tiny".into(), revision: revision.into() }
+        ModelSource::Hub {
+            repo_id: "Org/Tiny".into(),
+            revision: revision.into(),
+        }
     }
 
     #[test]
     fn parses_folders_and_repo_ids() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_str().unwrap();
-        assert_eq!(ModelSource::parse(dir).unwrap(), ModelSource::Local(tmp.path().into()));
+        assert_eq!(
+            ModelSource::parse(dir).unwrap(),
+            ModelSource::Local(tmp.path().into())
+        );
         assert_eq!(ModelSource::parse("Org/Tiny").unwrap(), hub("main"));
         assert_eq!(ModelSource::parse("Org/Tiny@v1.0").unwrap(), hub("v1.0"));
-        let err = ModelSource::parse("no-such-folder").unwrap_err().to_string();
-        assert!(err.contains("neither an existing folder nor a hub repo id"), "{err}");
+        let err = ModelSource::parse("no-such-folder")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("neither an existing folder nor a hub repo id"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -249,12 +313,27 @@ mod tests {
             ("model-00002-of-00002.safetensors", "2"),
         ]);
         for rev in ["main", COMMIT] {
-            let f = Fetcher::new(hub(rev)).unwrap().with_cache(tmp.path().into()).with_offline(true);
+            let f = Fetcher::new(hub(rev))
+                .unwrap()
+                .with_cache(tmp.path().into())
+                .with_offline(true);
             let files = f.model_files().unwrap();
-            let names: Vec<_> = files.weights.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect();
-            assert_eq!(names, ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]);
+            let names: Vec<_> = files
+                .weights
+                .iter()
+                .map(|p| p.file_name().unwrap().to_str().unwrap())
+                .collect();
+            assert_eq!(
+                names,
+                [
+                    "model-00001-of-00002.safetensors",
+                    "model-00002-of-00002.safetensors"
+                ]
+            );
             assert_eq!(std::fs::read_to_string(&files.weights[1]).unwrap(), "2");
-            assert!(files.config.ends_with(format!("snapshots/{COMMIT}/config.json")));
+            assert!(files
+                .config
+                .ends_with(format!("snapshots/{COMMIT}/config.json")));
             assert_eq!(files.tokenizer, None);
         }
     }
@@ -262,13 +341,30 @@ mod tests {
     #[test]
     fn offline_miss_names_the_repo_and_the_cache() {
         let tmp = fake_cache(&[("config.json", "{}")]);
-        let f = Fetcher::new(hub("main")).unwrap().with_cache(tmp.path().into()).with_offline(true);
+        let f = Fetcher::new(hub("main"))
+            .unwrap()
+            .with_cache(tmp.path().into())
+            .with_offline(true);
         let err = f.model_files().unwrap_err().to_string();
-        assert!(err.contains("neither model.safetensors nor model.safetensors.index.json"), "{err}");
+        assert!(
+            err.contains("neither model.safetensors nor model.safetensors.index.json"),
+            "{err}"
+        );
         let err = f.require("tokenizer.json").unwrap_err().to_string();
-        assert!(err.contains("tokenizer.json of Org/Tiny@main is not in the cache") && err.contains("HF_HUB_OFFLINE"), "{err}");
-        let other = Fetcher::new(hub("v2")).unwrap().with_cache(tmp.path().into()).with_offline(true);
-        assert_eq!(other.get("config.json").unwrap(), None, "an unknown ref resolves nothing");
+        assert!(
+            err.contains("tokenizer.json of Org/Tiny@main is not in the cache")
+                && err.contains("HF_HUB_OFFLINE"),
+            "{err}"
+        );
+        let other = Fetcher::new(hub("v2"))
+            .unwrap()
+            .with_cache(tmp.path().into())
+            .with_offline(true);
+        assert_eq!(
+            other.get("config.json").unwrap(),
+            None,
+            "an unknown ref resolves nothing"
+        );
     }
 
     #[test]
@@ -277,7 +373,10 @@ mod tests {
         for f in ["config.json", SINGLE_WEIGHTS, TOKENIZER] {
             std::fs::write(tmp.path().join(f), "x").unwrap();
         }
-        let files = Fetcher::new(ModelSource::Local(tmp.path().into())).unwrap().model_files().unwrap();
+        let files = Fetcher::new(ModelSource::Local(tmp.path().into()))
+            .unwrap()
+            .model_files()
+            .unwrap();
         assert_eq!(files.weights, vec![tmp.path().join(SINGLE_WEIGHTS)]);
         assert_eq!(files.tokenizer, Some(tmp.path().join(TOKENIZER)));
     }

@@ -82,7 +82,10 @@ impl Default for LoraConfig {
             r: 16,
             lora_alpha: 32.0,
             lora_dropout: 0.0,
-            target_modules: qwen3::ATTENTION_PROJECTIONS.iter().map(|s| s.to_string()).collect(),
+            target_modules: qwen3::ATTENTION_PROJECTIONS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             use_rslora: false,
             extra: Map::new(),
         }
@@ -100,48 +103,98 @@ impl LoraConfig {
 
     fn validate(&self, model: &qwen3::Config) -> Result<()> {
         ensure!(self.r > 0, "r must be positive");
-        ensure!((0.0..1.0).contains(&self.lora_dropout), "lora_dropout {} is outside [0, 1)", self.lora_dropout);
+        ensure!(
+            (0.0..1.0).contains(&self.lora_dropout),
+            "lora_dropout {} is outside [0, 1)",
+            self.lora_dropout
+        );
         ensure!(!self.target_modules.is_empty(), "target_modules is empty");
         for m in &self.target_modules {
-            model.projection_shape(m).with_context(|| format!("target module {m:?}"))?;
+            model
+                .projection_shape(m)
+                .with_context(|| format!("target module {m:?}"))?;
         }
         Ok(())
     }
 
     /// Parses PEFT's `adapter_config.json`, refusing settings that would change the maths here.
     pub fn from_peft_json(value: &Value) -> Result<Self> {
-        let obj = value.as_object().context("adapter config is not a JSON object")?;
+        let obj = value
+            .as_object()
+            .context("adapter config is not a JSON object")?;
         let get = |k: &str| obj.get(k).filter(|v| !v.is_null());
         let peft_type = get("peft_type").and_then(Value::as_str).unwrap_or("LORA");
-        ensure!(peft_type == "LORA", "peft_type {peft_type:?} (only LORA is supported)");
+        ensure!(
+            peft_type == "LORA",
+            "peft_type {peft_type:?} (only LORA is supported)"
+        );
         let flag = |k: &str| get(k).and_then(Value::as_bool).unwrap_or(false);
         ensure!(!flag("use_dora"), "use_dora true (DoRA is not implemented)");
-        ensure!(!flag("fan_in_fan_out"), "fan_in_fan_out true (not a Qwen3 layout)");
+        ensure!(
+            !flag("fan_in_fan_out"),
+            "fan_in_fan_out true (not a Qwen3 layout)"
+        );
         ensure!(!flag("lora_bias"), "lora_bias true (not implemented)");
         let bias = get("bias").and_then(Value::as_str).unwrap_or("none");
         ensure!(bias == "none", "bias {bias:?} (only \"none\" is supported)");
         for k in ["rank_pattern", "alpha_pattern"] {
             if let Some(v) = get(k) {
-                ensure!(v.as_object().is_some_and(Map::is_empty), "{k} {v} (per-module ranks are not supported)");
+                ensure!(
+                    v.as_object().is_some_and(Map::is_empty),
+                    "{k} {v} (per-module ranks are not supported)"
+                );
             }
         }
-        for k in ["layers_to_transform", "modules_to_save", "layer_replication", "exclude_modules", "target_parameters"] {
+        for k in [
+            "layers_to_transform",
+            "modules_to_save",
+            "layer_replication",
+            "exclude_modules",
+            "target_parameters",
+        ] {
             ensure!(get(k).is_none(), "{k} {} is not supported", obj[k]);
         }
-        let r = get("r").and_then(Value::as_u64).context("missing integer field r")? as usize;
-        let lora_alpha = get("lora_alpha").and_then(Value::as_f64).context("missing field lora_alpha")?;
+        let r = get("r")
+            .and_then(Value::as_u64)
+            .context("missing integer field r")? as usize;
+        let lora_alpha = get("lora_alpha")
+            .and_then(Value::as_f64)
+            .context("missing field lora_alpha")?;
         let lora_dropout = get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
         let target_modules = match get("target_modules") {
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| v.as_str().map(str::to_string).context("target_modules holds a non-string"))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .context("target_modules holds a non-string")
+                })
                 .collect::<Result<Vec<_>>>()?,
-            Some(other) => bail!("target_modules {other} (only a list of module names is supported)"),
+            Some(other) => {
+                bail!("target_modules {other} (only a list of module names is supported)")
+            }
             None => bail!("missing field target_modules"),
         };
-        let known = ["r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora"];
-        let extra = obj.iter().filter(|(k, _)| !known.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
-        Ok(Self { r, lora_alpha, lora_dropout, target_modules, use_rslora: flag("use_rslora"), extra })
+        let known = [
+            "r",
+            "lora_alpha",
+            "lora_dropout",
+            "target_modules",
+            "use_rslora",
+        ];
+        let extra = obj
+            .iter()
+            .filter(|(k, _)| !known.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(Self {
+            r,
+            lora_alpha,
+            lora_dropout,
+            target_modules,
+            use_rslora: flag("use_rslora"),
+            extra,
+        })
     }
 
     /// The `adapter_config.json` content: PEFT's fields for this adapter, plus any loaded extras.
@@ -149,7 +202,11 @@ impl LoraConfig {
         let mut targets = self.target_modules.clone();
         targets.sort();
         // PEFT types lora_alpha as a number that is usually an int: keep ints as ints.
-        let alpha = if self.lora_alpha.fract() == 0.0 { json!(self.lora_alpha as i64) } else { json!(self.lora_alpha) };
+        let alpha = if self.lora_alpha.fract() == 0.0 {
+            json!(self.lora_alpha as i64)
+        } else {
+            json!(self.lora_alpha)
+        };
         let mut obj = json!({
             "alpha_pattern": {},
             "base_model_name_or_path": null,
@@ -205,7 +262,12 @@ pub struct Lora {
 
 impl Lora {
     /// Fresh adapters as PEFT initialises them (A kaiming-uniform from `seed`, B zeros), f32.
-    pub fn init(config: LoraConfig, model: &qwen3::Config, device: &Device, seed: u64) -> Result<Self> {
+    pub fn init(
+        config: LoraConfig,
+        model: &qwen3::Config,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
         config.validate(model)?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut layers = BTreeMap::new();
@@ -214,10 +276,17 @@ impl Lora {
                 let (in_dim, out_dim) = model.projection_shape(module)?;
                 // kaiming_uniform_(a=√5) on [r, in]: bound = √(1/3)·√(3/in) = 1/√in.
                 let bound = 1.0 / (in_dim as f64).sqrt();
-                let a: Vec<f32> = (0..config.r * in_dim).map(|_| rng.random_range(-bound..bound) as f32).collect();
+                let a: Vec<f32> = (0..config.r * in_dim)
+                    .map(|_| rng.random_range(-bound..bound) as f32)
+                    .collect();
                 let a = Var::from_tensor(&Tensor::from_vec(a, (config.r, in_dim), device)?)?;
                 let b = Var::zeros((out_dim, config.r), DType::F32, device)?;
-                let l = LoraLayer { a, b, scaling: config.scaling(), dropout: config.lora_dropout };
+                let l = LoraLayer {
+                    a,
+                    b,
+                    scaling: config.scaling(),
+                    dropout: config.lora_dropout,
+                };
                 layers.insert(qwen3::projection_path(layer, module), l);
             }
         }
@@ -228,13 +297,18 @@ impl Lora {
     /// the right shapes, and nothing else. Weights become f32 variables.
     pub fn load(dir: &Path, model: &qwen3::Config, device: &Device) -> Result<Self> {
         let cfg_path = dir.join(ADAPTER_CONFIG);
-        let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
-        let value: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", cfg_path.display()))?;
-        let config = LoraConfig::from_peft_json(&value).with_context(|| format!("{}", cfg_path.display()))?;
-        config.validate(model).with_context(|| format!("{}", cfg_path.display()))?;
+        let text = std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("reading {}", cfg_path.display()))?;
+        let value: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid JSON", cfg_path.display()))?;
+        let config = LoraConfig::from_peft_json(&value)
+            .with_context(|| format!("{}", cfg_path.display()))?;
+        config
+            .validate(model)
+            .with_context(|| format!("{}", cfg_path.display()))?;
         let w_path = dir.join(ADAPTER_WEIGHTS);
-        let mut tensors =
-            candle_core::safetensors::load(&w_path, device).with_context(|| format!("reading {}", w_path.display()))?;
+        let mut tensors = candle_core::safetensors::load(&w_path, device)
+            .with_context(|| format!("reading {}", w_path.display()))?;
         let mut layers = BTreeMap::new();
         for layer in 0..model.num_hidden_layers {
             for module in &config.target_modules {
@@ -242,17 +316,36 @@ impl Lora {
                 let (in_dim, out_dim) = model.projection_shape(module)?;
                 let mut take = |which: Matrix, shape: (usize, usize)| -> Result<Var> {
                     let key = peft_key(&path, which);
-                    let t = tensors.remove(&key).with_context(|| format!("{}: missing tensor {key}", w_path.display()))?;
-                    ensure!(t.dims2().ok() == Some(shape), "{}: {key} has shape {:?}, expected {shape:?}", w_path.display(), t.shape());
+                    let t = tensors
+                        .remove(&key)
+                        .with_context(|| format!("{}: missing tensor {key}", w_path.display()))?;
+                    ensure!(
+                        t.dims2().ok() == Some(shape),
+                        "{}: {key} has shape {:?}, expected {shape:?}",
+                        w_path.display(),
+                        t.shape()
+                    );
                     Ok(Var::from_tensor(&t.to_dtype(DType::F32)?)?)
                 };
                 let a = take(Matrix::A, (config.r, in_dim))?;
                 let b = take(Matrix::B, (out_dim, config.r))?;
-                layers.insert(path, LoraLayer { a, b, scaling: config.scaling(), dropout: config.lora_dropout });
+                layers.insert(
+                    path,
+                    LoraLayer {
+                        a,
+                        b,
+                        scaling: config.scaling(),
+                        dropout: config.lora_dropout,
+                    },
+                );
             }
         }
         if let Some(extra) = tensors.keys().min() {
-            bail!("{}: unexpected tensor {extra} ({} not used)", w_path.display(), tensors.len());
+            bail!(
+                "{}: unexpected tensor {extra} ({} not used)",
+                w_path.display(),
+                tensors.len()
+            );
         }
         Ok(Self { config, layers })
     }
@@ -263,12 +356,17 @@ impl Lora {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let cfg_path = dir.join(ADAPTER_CONFIG);
         let text = serde_json::to_string_pretty(&self.config.to_peft_json())?;
-        std::fs::write(&cfg_path, text + "\n").with_context(|| format!("writing {}", cfg_path.display()))?;
+        std::fs::write(&cfg_path, text + "\n")
+            .with_context(|| format!("writing {}", cfg_path.display()))?;
         let tensors = self.named_tensors();
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         let w_path = dir.join(ADAPTER_WEIGHTS);
-        safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata), &w_path)
-            .with_context(|| format!("writing {}", w_path.display()))?;
+        safetensors::serialize_to_file(
+            tensors.iter().map(|(k, t)| (k.as_str(), t)),
+            Some(metadata),
+            &w_path,
+        )
+        .with_context(|| format!("writing {}", w_path.display()))?;
         Ok(())
     }
 
@@ -286,7 +384,12 @@ impl Lora {
         let mut out: Vec<(String, Var)> = self
             .layers
             .iter()
-            .flat_map(|(path, l)| [(peft_key(path, Matrix::A), l.a.clone()), (peft_key(path, Matrix::B), l.b.clone())])
+            .flat_map(|(path, l)| {
+                [
+                    (peft_key(path, Matrix::A), l.a.clone()),
+                    (peft_key(path, Matrix::B), l.b.clone()),
+                ]
+            })
             .collect();
         out.sort_by(|x, y| x.0.cmp(&y.0));
         out
@@ -294,7 +397,10 @@ impl Lora {
 
     /// Current values by PEFT key (detached).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        self.vars().into_iter().map(|(k, v)| (k, v.as_tensor().detach())).collect()
+        self.vars()
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().detach()))
+            .collect()
     }
 
     /// Puts every adapter into `model` (sharing the variables, so training updates are seen).

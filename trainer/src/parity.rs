@@ -36,15 +36,29 @@ pub struct ParityReport {
 
 impl ParityReport {
     pub fn new(kind: &'static str, folder: &Path) -> Self {
-        Self { kind, folder: folder.to_path_buf(), checks: Vec::new() }
+        Self {
+            kind,
+            folder: folder.to_path_buf(),
+            checks: Vec::new(),
+        }
     }
 
     pub fn push(&mut self, name: impl Into<String>, max_abs_diff: f64, tolerance: f64) {
-        self.checks.push(Check { name: name.into(), max_abs_diff, tolerance });
+        self.checks.push(Check {
+            name: name.into(),
+            max_abs_diff,
+            tolerance,
+        });
     }
 
     /// Compares two tensors and records the result.
-    pub fn compare(&mut self, name: impl Into<String>, ours: &Tensor, reference: &Tensor, tolerance: f64) -> Result<()> {
+    pub fn compare(
+        &mut self,
+        name: impl Into<String>,
+        ours: &Tensor,
+        reference: &Tensor,
+        tolerance: f64,
+    ) -> Result<()> {
         let name = name.into();
         let diff = max_abs_diff(ours, reference).map_err(|e| e.context(format!("check {name}")))?;
         self.push(name, diff, tolerance);
@@ -71,7 +85,11 @@ impl fmt::Display for ParityReport {
         writeln!(f, "{} parity: {}", self.kind, self.folder.display())?;
         for c in &self.checks {
             let verdict = if c.passed() { "ok" } else { "FAIL" };
-            writeln!(f, "  {:<width$}  max abs diff {:>10.3e}  (tolerance {:.1e})  {verdict}", c.name, c.max_abs_diff, c.tolerance)?;
+            writeln!(
+                f,
+                "  {:<width$}  max abs diff {:>10.3e}  (tolerance {:.1e})  {verdict}",
+                c.name, c.max_abs_diff, c.tolerance
+            )?;
         }
         let failed = self.failures().count();
         write!(f, "{} checks, {} failed", self.checks.len(), failed)
@@ -80,7 +98,12 @@ impl fmt::Display for ParityReport {
 
 /// max |a − b| in f64 after checking that the shapes agree.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
-    ensure!(a.shape() == b.shape(), "shapes differ: ours {:?}, reference {:?}", a.shape(), b.shape());
+    ensure!(
+        a.shape() == b.shape(),
+        "shapes differ: ours {:?}, reference {:?}",
+        a.shape(),
+        b.shape()
+    );
     let a = a.to_dtype(DType::F64)?;
     let b = b.to_dtype(DType::F64)?.to_device(a.device())?;
     let diff = (a - b)?.abs()?.flatten_all()?;
@@ -89,7 +112,13 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
     }
     let values = diff.to_vec1::<f64>()?;
     // A NaN anywhere must fail the check, so it is propagated rather than skipped by max.
-    Ok(values.into_iter().fold(0.0, |m, v| if v.is_nan() || m.is_nan() { f64::NAN } else { m.max(v) }))
+    Ok(values.into_iter().fold(0.0, |m, v| {
+        if v.is_nan() || m.is_nan() {
+            f64::NAN
+        } else {
+            m.max(v)
+        }
+    }))
 }
 
 /// The shared fixtures folder: `$ROOMPLAN_SHARED` if set, else `<workspace root>/../shared`
@@ -97,6 +126,9 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
 pub fn shared_dir() -> PathBuf {
     match std::env::var_os("ROOMPLAN_SHARED").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..").join("shared"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("..")
+            .join("shared"),
     }
 }

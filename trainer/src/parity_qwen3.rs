@@ -58,7 +58,9 @@ impl Tolerances {
             return Ok(self);
         };
         for (k, v) in obj {
-            let v = v.as_f64().with_context(|| format!("tolerances.{k} is not a number"))?;
+            let v = v
+                .as_f64()
+                .with_context(|| format!("tolerances.{k} is not a number"))?;
             let slot = match k.as_str() {
                 "logits" => &mut self.logits,
                 "hidden_states" => &mut self.hidden_states,
@@ -81,7 +83,8 @@ pub fn is_fixture(folder: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(folder.join("base").join("config.json")) else {
         return false;
     };
-    serde_json::from_str::<Value>(&text).is_ok_and(|v| v.get("model_type").and_then(Value::as_str) == Some("qwen3"))
+    serde_json::from_str::<Value>(&text)
+        .is_ok_and(|v| v.get("model_type").and_then(Value::as_str) == Some("qwen3"))
 }
 
 /// The tensors of a fixture folder.
@@ -94,29 +97,39 @@ struct Fixture {
 }
 
 fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("reading {}", path.display()))
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("reading {}", path.display()))
 }
 
 impl Fixture {
     fn open(folder: &Path) -> Result<Self> {
         let fixture_json = folder.join("fixture.json");
         let meta: Value = match std::fs::read_to_string(&fixture_json) {
-            Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", fixture_json.display()))?,
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{}: invalid JSON", fixture_json.display()))?,
             Err(_) => Value::Null,
         };
-        let tolerances = Tolerances::default().with_overrides(&meta).with_context(|| format!("{}", fixture_json.display()))?;
+        let tolerances = Tolerances::default()
+            .with_overrides(&meta)
+            .with_context(|| format!("{}", fixture_json.display()))?;
         let lora_path = folder.join("lora_outputs.safetensors");
         Ok(Self {
             folder: folder.to_path_buf(),
             tolerances,
             inputs: load_tensors(&folder.join("inputs.safetensors"))?,
             base: load_tensors(&folder.join("base_outputs.safetensors"))?,
-            lora: if lora_path.is_file() { Some(load_tensors(&lora_path)?) } else { None },
+            lora: if lora_path.is_file() {
+                Some(load_tensors(&lora_path)?)
+            } else {
+                None
+            },
         })
     }
 
     fn input(&self, key: &str) -> Result<&Tensor> {
-        self.inputs.get(key).with_context(|| format!("{}: inputs.safetensors has no {key}", self.folder.display()))
+        self.inputs
+            .get(key)
+            .with_context(|| format!("{}: inputs.safetensors has no {key}", self.folder.display()))
     }
 }
 
@@ -139,7 +152,11 @@ pub fn run(folder: &Path) -> Result<ParityReport> {
     let lora = Lora::load(&folder.join("lora"), model.config(), &device)?;
     lora.attach(&mut model)?;
     check_outputs(&model, &fx, lora_out, "lora", &mut report)?;
-    let f32_gates = Gates { logits: tol.logits, loss: tol.loss, grads: tol.grads };
+    let f32_gates = Gates {
+        logits: tol.logits,
+        loss: tol.loss,
+        grads: tol.grads,
+    };
     check_training(&model, &lora, &fx, lora_out, "lora", f32_gates, &mut report)?;
     check_consistency(&model, &fx, "lora", &mut report)?;
     check_resave(&lora, model.config(), &mut report, tol.resave)?;
@@ -160,8 +177,20 @@ pub fn run(folder: &Path) -> Result<ParityReport> {
         let logits = half.forward(Input::Ids(fx.input("input_ids")?), None)?;
         report.compare("bf16/lora logits", &logits, reference, tol.bf16_logits)?;
     }
-    let bf16_gates = Gates { logits: tol.bf16_logits, loss: tol.bf16_loss, grads: tol.bf16_grads };
-    check_training(&half, &lora_half, &fx, lora_out, "bf16", bf16_gates, &mut report)?;
+    let bf16_gates = Gates {
+        logits: tol.bf16_logits,
+        loss: tol.bf16_loss,
+        grads: tol.bf16_grads,
+    };
+    check_training(
+        &half,
+        &lora_half,
+        &fx,
+        lora_out,
+        "bf16",
+        bf16_gates,
+        &mut report,
+    )?;
     Ok(report)
 }
 
@@ -181,35 +210,68 @@ fn check_embeds_built(model: &Qwen3, fx: &Fixture, report: &mut ParityReport) ->
     let ids = Tensor::cat(&[prefix, &slot_ids, suffix], 1)?;
     let slots = vec![(p..p + n).collect::<Vec<_>>(); ids.dim(0)?];
     let built = model.embed_with_slots(&ids, &slots, injected)?;
-    report.compare("inputs/inputs_embeds (embed + injected)", &built, reference, 0.0)
+    report.compare(
+        "inputs/inputs_embeds (embed + injected)",
+        &built,
+        reference,
+        0.0,
+    )
 }
 
 /// Golden forward outputs: `logits` (ids), `logits_embeds` (embeddings), `hidden_states.N`.
-fn check_outputs(model: &Qwen3, fx: &Fixture, outputs: &HashMap<String, Tensor>, tag: &str, report: &mut ParityReport) -> Result<()> {
+fn check_outputs(
+    model: &Qwen3,
+    fx: &Fixture,
+    outputs: &HashMap<String, Tensor>,
+    tag: &str,
+    report: &mut ParityReport,
+) -> Result<()> {
     let tol = fx.tolerances;
     let wants_hidden = outputs.keys().any(|k| k.starts_with("hidden_states."));
     if outputs.contains_key("logits") || wants_hidden {
         let out = model.forward_with(
             Input::Ids(fx.input("input_ids")?),
             None,
-            ForwardOptions { output_hidden_states: wants_hidden, train: false },
+            ForwardOptions {
+                output_hidden_states: wants_hidden,
+                train: false,
+            },
         )?;
         if let Some(reference) = outputs.get("logits") {
             report.compare(format!("{tag}/logits"), &out.logits, reference, tol.logits)?;
         }
         let mut hidden_keys: Vec<(usize, &String)> = outputs
             .keys()
-            .filter_map(|k| k.strip_prefix("hidden_states.").and_then(|i| i.parse().ok()).map(|i| (i, k)))
+            .filter_map(|k| {
+                k.strip_prefix("hidden_states.")
+                    .and_then(|i| i.parse().ok())
+                    .map(|i| (i, k))
+            })
             .collect();
         hidden_keys.sort();
         for (i, key) in hidden_keys {
-            let ours = out.hidden_states.get(i).with_context(|| format!("{key}: the model has only {} hidden states", out.hidden_states.len()))?;
-            report.compare(format!("{tag}/{key}"), ours, &outputs[key], tol.hidden_states)?;
+            let ours = out.hidden_states.get(i).with_context(|| {
+                format!(
+                    "{key}: the model has only {} hidden states",
+                    out.hidden_states.len()
+                )
+            })?;
+            report.compare(
+                format!("{tag}/{key}"),
+                ours,
+                &outputs[key],
+                tol.hidden_states,
+            )?;
         }
     }
     if let Some(reference) = outputs.get("logits_embeds") {
         let logits = model.forward(Input::Embeds(fx.input("inputs_embeds")?), None)?;
-        report.compare(format!("{tag}/logits_embeds"), &logits, reference, tol.logits)?;
+        report.compare(
+            format!("{tag}/logits_embeds"),
+            &logits,
+            reference,
+            tol.logits,
+        )?;
     }
     Ok(())
 }
@@ -232,19 +294,38 @@ fn check_training(
     gates: Gates,
     report: &mut ParityReport,
 ) -> Result<()> {
-    let Gates { logits: logits_tol, loss: loss_tol, grads: grad_tol } = gates;
+    let Gates {
+        logits: logits_tol,
+        loss: loss_tol,
+        grads: grad_tol,
+    } = gates;
     let Some(ref_loss) = outputs.get("train.loss") else {
         return Ok(());
     };
     let ids = fx.input("train.input_ids")?;
     let labels = fx.input("train.labels")?;
     let loss = model.loss(Input::Ids(ids), None, labels, true)?;
-    report.compare(format!("{tag}/train.loss"), &loss.reshape(1)?, ref_loss, loss_tol)?;
+    report.compare(
+        format!("{tag}/train.loss"),
+        &loss.reshape(1)?,
+        ref_loss,
+        loss_tol,
+    )?;
     if let Some(reference) = outputs.get("train.logits") {
         let logits = model.forward(Input::Ids(ids), None)?;
-        report.compare(format!("{tag}/train.logits"), &logits, reference, logits_tol)?;
+        report.compare(
+            format!("{tag}/train.logits"),
+            &logits,
+            reference,
+            logits_tol,
+        )?;
         // The loss from full logits (transformers' formula) must agree with the sparse one.
-        report.compare(format!("{tag}/train.loss (from logits)"), &causal_lm_loss(&logits, labels)?.reshape(1)?, ref_loss, loss_tol)?;
+        report.compare(
+            format!("{tag}/train.loss (from logits)"),
+            &causal_lm_loss(&logits, labels)?.reshape(1)?,
+            ref_loss,
+            loss_tol,
+        )?;
     }
     let grads = loss.backward()?;
     let vars: HashMap<String, candle_core::Var> = lora.vars().into_iter().collect();
@@ -252,38 +333,69 @@ fn check_training(
     keys.sort();
     for key in keys {
         let name = &key["grad.".len()..];
-        let var = vars.get(name).with_context(|| format!("{key}: the adapter has no tensor {name}"))?;
-        let grad = grads.get(var.as_tensor()).with_context(|| format!("{key}: no gradient reached {name}"))?;
+        let var = vars
+            .get(name)
+            .with_context(|| format!("{key}: the adapter has no tensor {name}"))?;
+        let grad = grads
+            .get(var.as_tensor())
+            .with_context(|| format!("{key}: no gradient reached {name}"))?;
         report.compare(format!("{tag}/{key}"), grad, &outputs[key], grad_tol)?;
     }
     Ok(())
 }
 
 /// KV-cache decoding and padded batches against the plain forward (no golden tensor needed).
-fn check_consistency(model: &Qwen3, fx: &Fixture, tag: &str, report: &mut ParityReport) -> Result<()> {
+fn check_consistency(
+    model: &Qwen3,
+    fx: &Fixture,
+    tag: &str,
+    report: &mut ParityReport,
+) -> Result<()> {
     let tol = fx.tolerances.logits;
     let ids = fx.input("input_ids")?;
     let full = model.forward(Input::Ids(ids), None)?;
     let (b, t) = ids.dims2()?;
-    ensure!(t >= 2, "input_ids needs at least 2 positions for the cache check");
+    ensure!(
+        t >= 2,
+        "input_ids needs at least 2 positions for the cache check"
+    );
 
     // Prefix of half the sequence, then one token at a time.
     let prefix = t / 2;
     let mut cache = model.new_cache(b);
-    let mut pieces = vec![model.forward_cached(Input::Ids(&ids.narrow(1, 0, prefix)?), None, &mut cache)?];
+    let mut pieces =
+        vec![model.forward_cached(Input::Ids(&ids.narrow(1, 0, prefix)?), None, &mut cache)?];
     for i in prefix..t {
         pieces.push(model.forward_cached(Input::Ids(&ids.narrow(1, i, 1)?), None, &mut cache)?);
     }
-    report.compare(format!("{tag}/kv-cache decode vs full logits"), &Tensor::cat(&pieces, 1)?, &full, tol)?;
+    report.compare(
+        format!("{tag}/kv-cache decode vs full logits"),
+        &Tensor::cat(&pieces, 1)?,
+        &full,
+        tol,
+    )?;
 
     // The same with embeddings input.
     if let Ok(embeds) = fx.input("inputs_embeds") {
         let full_e = model.forward(Input::Embeds(embeds), None)?;
         let te = embeds.dim(1)?;
         let mut cache = model.new_cache(embeds.dim(0)?);
-        let mut pieces = vec![model.forward_cached(Input::Embeds(&embeds.narrow(1, 0, te - 1)?), None, &mut cache)?];
-        pieces.push(model.forward_cached(Input::Embeds(&embeds.narrow(1, te - 1, 1)?), None, &mut cache)?);
-        report.compare(format!("{tag}/kv-cache decode vs full logits (embeds)"), &Tensor::cat(&pieces, 1)?, &full_e, tol)?;
+        let mut pieces = vec![model.forward_cached(
+            Input::Embeds(&embeds.narrow(1, 0, te - 1)?),
+            None,
+            &mut cache,
+        )?];
+        pieces.push(model.forward_cached(
+            Input::Embeds(&embeds.narrow(1, te - 1, 1)?),
+            None,
+            &mut cache,
+        )?);
+        report.compare(
+            format!("{tag}/kv-cache decode vs full logits (embeds)"),
+            &Tensor::cat(&pieces, 1)?,
+            &full_e,
+            tol,
+        )?;
     }
 
     // Row 0 shortened to `keep` tokens and padded (left, then right) in a batch with the full row 1.
@@ -297,39 +409,72 @@ fn check_consistency(model: &Qwen3, fx: &Fixture, tag: &str, report: &mut Parity
     let mut worst = 0f64;
     for left in [true, false] {
         let (row, mask) = if left {
-            (Tensor::cat(&[&pad_ids, &short], 1)?, Tensor::cat(&[&zeros(t - keep)?, &ones(keep)?], 1)?)
+            (
+                Tensor::cat(&[&pad_ids, &short], 1)?,
+                Tensor::cat(&[&zeros(t - keep)?, &ones(keep)?], 1)?,
+            )
         } else {
-            (Tensor::cat(&[&short, &pad_ids], 1)?, Tensor::cat(&[&ones(keep)?, &zeros(t - keep)?], 1)?)
+            (
+                Tensor::cat(&[&short, &pad_ids], 1)?,
+                Tensor::cat(&[&ones(keep)?, &zeros(t - keep)?], 1)?,
+            )
         };
         let batch = Tensor::cat(&[&row, &other], 0)?;
         let mask = Tensor::cat(&[&mask, &ones(t)?], 0)?;
         let logits = model.forward(Input::Ids(&batch), Some(&mask))?;
         let start = if left { t - keep } else { 0 };
-        worst = worst.max(max_abs_diff(&logits.i((0..1, start..start + keep))?, &alone)?);
-        worst = worst.max(max_abs_diff(&logits.i((1..2, ..))?, &full.i((b - 1..b, ..))?)?);
+        worst = worst.max(max_abs_diff(
+            &logits.i((0..1, start..start + keep))?,
+            &alone,
+        )?);
+        worst = worst.max(max_abs_diff(
+            &logits.i((1..2, ..))?,
+            &full.i((b - 1..b, ..))?,
+        )?);
     }
     report.push(format!("{tag}/padded batch vs rows alone"), worst, tol);
     Ok(())
 }
 
 /// Saving the loaded adapter and loading it again gives identical tensors and config.
-fn check_resave(lora: &Lora, cfg: &crate::qwen3::Config, report: &mut ParityReport, tol: f64) -> Result<()> {
+fn check_resave(
+    lora: &Lora,
+    cfg: &crate::qwen3::Config,
+    report: &mut ParityReport,
+    tol: f64,
+) -> Result<()> {
     let dir = std::env::temp_dir().join(format!(
         "roomplan-parity-resave-{}-{}",
         std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
     ));
     lora.save(&dir)?;
     let again = Lora::load(&dir, cfg, &Device::Cpu);
     let _ = std::fs::remove_dir_all(&dir);
     let again = again?;
-    ensure!(again.config() == lora.config(), "re-saved adapter config differs: {:?} vs {:?}", again.config(), lora.config());
+    ensure!(
+        again.config() == lora.config(),
+        "re-saved adapter config differs: {:?} vs {:?}",
+        again.config(),
+        lora.config()
+    );
     let before = lora.named_tensors();
     let after = again.named_tensors();
-    ensure!(before.len() == after.len(), "re-saved adapter has {} tensors, the original {}", after.len(), before.len());
+    ensure!(
+        before.len() == after.len(),
+        "re-saved adapter has {} tensors, the original {}",
+        after.len(),
+        before.len()
+    );
     let mut worst = 0f64;
     for ((k1, t1), (k2, t2)) in before.iter().zip(&after) {
-        ensure!(k1 == k2, "re-saved adapter key {k2} where {k1} was expected");
+        ensure!(
+            k1 == k2,
+            "re-saved adapter key {k2} where {k1} was expected"
+        );
         worst = worst.max(max_abs_diff(t1, t2)?);
     }
     report.push("lora/adapter re-save round trip", worst, tol);

@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
@@ -78,18 +78,30 @@ fn default_act() -> String {
 impl Config {
     /// Reads and validates a checkpoint's `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let cfg: Config =
-            serde_json::from_str(&text).with_context(|| format!("{}: not a Qwen3 config.json", path.display()))?;
-        cfg.validate().with_context(|| format!("{}: unsupported Qwen3 config", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: Config = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a Qwen3 config.json", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("{}: unsupported Qwen3 config", path.display()))?;
         Ok(cfg)
     }
 
     /// Refuses configurations this decoder would silently compute wrongly.
     pub fn validate(&self) -> Result<()> {
-        ensure!(self.hidden_act == "silu", "hidden_act {:?} (only silu is implemented)", self.hidden_act);
-        ensure!(!self.attention_bias, "attention_bias true (Qwen3 has no attention biases)");
-        ensure!(!self.use_sliding_window, "use_sliding_window true (not implemented)");
+        ensure!(
+            self.hidden_act == "silu",
+            "hidden_act {:?} (only silu is implemented)",
+            self.hidden_act
+        );
+        ensure!(
+            !self.attention_bias,
+            "attention_bias true (Qwen3 has no attention biases)"
+        );
+        ensure!(
+            !self.use_sliding_window,
+            "use_sliding_window true (not implemented)"
+        );
         ensure!(
             self.num_attention_heads > 0
                 && self.num_key_value_heads > 0
@@ -98,10 +110,21 @@ impl Config {
             self.num_attention_heads,
             self.num_key_value_heads
         );
-        ensure!(self.head_dim() % 2 == 0, "head_dim {} is odd (RoPE needs pairs)", self.head_dim());
+        ensure!(
+            self.head_dim() % 2 == 0,
+            "head_dim {} is odd (RoPE needs pairs)",
+            self.head_dim()
+        );
         let scaling = self.rope_scaling.as_ref().filter(|v| !v.is_null());
-        let rope_type = self.rope_parameters.as_ref().and_then(|p| p.rope_type.as_deref());
-        ensure!(scaling.is_none(), "rope_scaling {} (only plain RoPE is implemented)", scaling.unwrap());
+        let rope_type = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.rope_type.as_deref());
+        ensure!(
+            scaling.is_none(),
+            "rope_scaling {} (only plain RoPE is implemented)",
+            scaling.unwrap()
+        );
         ensure!(
             matches!(rope_type, None | Some("default")),
             "rope_parameters.rope_type {rope_type:?} (only \"default\" is implemented)"
@@ -111,7 +134,8 @@ impl Config {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
     /// RoPE base: top-level `rope_theta` or `rope_parameters.rope_theta`.
@@ -141,7 +165,11 @@ pub const MLP_PROJECTIONS: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
 
 /// Checkpoint path of a projection (`model.layers.3.self_attn.q_proj`).
 pub fn projection_path(layer: usize, module: &str) -> String {
-    let parent = if MLP_PROJECTIONS.contains(&module) { "mlp" } else { "self_attn" };
+    let parent = if MLP_PROJECTIONS.contains(&module) {
+        "mlp"
+    } else {
+        "self_attn"
+    };
     format!("model.layers.{layer}.{parent}.{module}")
 }
 
@@ -180,7 +208,10 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { weight: vb.get(size, "weight")?.to_dtype(DType::F32)?, eps })
+        Ok(Self {
+            weight: vb.get(size, "weight")?.to_dtype(DType::F32)?,
+            eps,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -206,11 +237,18 @@ struct Mode {
 
 impl Projection {
     fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { weight: vb.get((out_dim, in_dim), "weight")?, lora: None })
+        Ok(Self {
+            weight: vb.get((out_dim, in_dim), "weight")?,
+            lora: None,
+        })
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let base = if mode.sparing { frozen::linear(x, &self.weight)? } else { frozen::linear_plain(x, &self.weight)? };
+        let base = if mode.sparing {
+            frozen::linear(x, &self.weight)?
+        } else {
+            frozen::linear_plain(x, &self.weight)?
+        };
         match &self.lora {
             None => Ok(base),
             Some(lora) => Ok(frozen::broadcast_add(&base, &lora.forward(x, mode.train)?)?),
@@ -271,13 +309,30 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, rope: &Rope, bias: &Tensor, cache: Option<&mut Option<KvPair>>, mode: Mode) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        bias: &Tensor,
+        cache: Option<&mut Option<KvPair>>,
+        mode: Mode,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let d = self.head_dim;
-        let heads = |proj: &Projection, n: usize| -> Result<Tensor> { Ok(proj.forward(x, mode)?.reshape((b, t, n, d))?) };
-        let q = self.q_norm.forward(&heads(&self.q_proj, self.num_heads)?)?.transpose(1, 2)?;
-        let k = self.k_norm.forward(&heads(&self.k_proj, self.num_kv_heads)?)?.transpose(1, 2)?;
-        let v = heads(&self.v_proj, self.num_kv_heads)?.transpose(1, 2)?.contiguous()?;
+        let heads = |proj: &Projection, n: usize| -> Result<Tensor> {
+            Ok(proj.forward(x, mode)?.reshape((b, t, n, d))?)
+        };
+        let q = self
+            .q_norm
+            .forward(&heads(&self.q_proj, self.num_heads)?)?
+            .transpose(1, 2)?;
+        let k = self
+            .k_norm
+            .forward(&heads(&self.k_proj, self.num_kv_heads)?)?
+            .transpose(1, 2)?;
+        let v = heads(&self.v_proj, self.num_kv_heads)?
+            .transpose(1, 2)?
+            .contiguous()?;
         let q = rope.apply(&q)?;
         let mut k = rope.apply(&k)?;
         let mut v = v;
@@ -294,7 +349,10 @@ impl Attention {
         let scores = frozen::broadcast_add(&scores, bias)?;
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let out = frozen::matmul(&probs, &v)?;
-        let out = out.transpose(1, 2)?.contiguous()?.reshape((b, t, self.num_heads * d))?;
+        let out = out
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, t, self.num_heads * d))?;
         self.o_proj.forward(&out, mode)
     }
 }
@@ -305,7 +363,10 @@ fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
         return Ok(x.contiguous()?);
     }
     let (b, h, t, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.broadcast_as((b, h, n_rep, t, d))?.contiguous()?.reshape((b, h * n_rep, t, d))?)
+    Ok(x.unsqueeze(2)?
+        .broadcast_as((b, h, n_rep, t, d))?
+        .contiguous()?
+        .reshape((b, h * n_rep, t, d))?)
 }
 
 #[derive(Debug, Clone)]
@@ -321,13 +382,18 @@ impl Mlp {
             let (i, o) = cfg.projection_shape(name)?;
             Projection::new(i, o, vb.pp(name))
         };
-        Ok(Self { gate_proj: proj("gate_proj")?, up_proj: proj("up_proj")?, down_proj: proj("down_proj")? })
+        Ok(Self {
+            gate_proj: proj("gate_proj")?,
+            up_proj: proj("up_proj")?,
+            down_proj: proj("down_proj")?,
+        })
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let gate = self.gate_proj.forward(x, mode)?.silu()?;
         let up = self.up_proj.forward(x, mode)?;
-        self.down_proj.forward(&frozen::broadcast_mul(&gate, &up)?, mode)
+        self.down_proj
+            .forward(&frozen::broadcast_mul(&gate, &up)?, mode)
     }
 }
 
@@ -344,15 +410,34 @@ impl DecoderLayer {
         Ok(Self {
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
-            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
-            post_attention_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            input_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("input_layernorm"),
+            )?,
+            post_attention_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
         })
     }
 
-    fn forward(&self, x: &Tensor, rope: &Rope, bias: &Tensor, cache: Option<&mut Option<KvPair>>, mode: Mode) -> Result<Tensor> {
-        let attn = self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, bias, cache, mode)?;
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        bias: &Tensor,
+        cache: Option<&mut Option<KvPair>>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let attn =
+            self.self_attn
+                .forward(&self.input_layernorm.forward(x)?, rope, bias, cache, mode)?;
         let h = frozen::broadcast_add(x, &attn)?;
-        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&h)?, mode)?;
+        let mlp = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&h)?, mode)?;
         Ok(frozen::broadcast_add(&h, &mlp)?)
     }
 
@@ -412,7 +497,10 @@ impl Qwen3 {
         let m = vb.pp("model");
         let embed_tokens = m.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::new(cfg, m.pp(format!("layers.{i}"))).with_context(|| format!("loading model.layers.{i}")))
+            .map(|i| {
+                DecoderLayer::new(cfg, m.pp(format!("layers.{i}")))
+                    .with_context(|| format!("loading model.layers.{i}"))
+            })
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
         let lm_head = if !cfg.tie_word_embeddings && vb.contains_tensor("lm_head.weight") {
@@ -423,12 +511,28 @@ impl Qwen3 {
         let d = cfg.head_dim();
         let theta = cfg.rope_theta()? as f32;
         // As transformers: inv_freq = 1 / θ^(2k/D), in float32.
-        let inv_freq = (0..d / 2).map(|k| 1.0f32 / theta.powf((2 * k) as f32 / d as f32)).collect();
-        Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, inv_freq, sparing: true, device: vb.device().clone() })
+        let inv_freq = (0..d / 2)
+            .map(|k| 1.0f32 / theta.powf((2 * k) as f32 / d as f32))
+            .collect();
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            sparing: true,
+            device: vb.device().clone(),
+        })
     }
 
     /// Loads `config.json` and safetensors files (one file or every shard) with frozen weights in `dtype`.
-    pub fn load(config: &Path, weights: &[std::path::PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(
+        config: &Path,
+        weights: &[std::path::PathBuf],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let cfg = Config::from_file(config)?;
         // SAFETY: the files are memory-mapped read-only; they must not be modified while loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(weights, dtype, device) }
@@ -460,7 +564,9 @@ impl Qwen3 {
         let (b, t) = ids.dims2().context("token ids must be [batch, time]")?;
         let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
         let rows = self.embed_tokens.index_select(&flat, 0)?;
-        Ok(rows.reshape((b, t, self.cfg.hidden_size))?.to_dtype(DType::F32)?)
+        Ok(rows
+            .reshape((b, t, self.cfg.hidden_size))?
+            .to_dtype(DType::F32)?)
     }
 
     /// Token embeddings with `injected` `[B, N, hidden]` placed at each row's `slots` (N positions
@@ -468,18 +574,43 @@ impl Qwen3 {
     /// `embed(ids)·keep + P·injected` with a constant 0/1 placement P, so values are copied exactly
     /// and only `injected` receives a gradient (a `cat` of frozen and trainable pieces would also
     /// store gradients for the frozen pieces).
-    pub fn embed_with_slots(&self, ids: &Tensor, slots: &[Vec<usize>], injected: &Tensor) -> Result<Tensor> {
+    pub fn embed_with_slots(
+        &self,
+        ids: &Tensor,
+        slots: &[Vec<usize>],
+        injected: &Tensor,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2().context("token ids must be [batch, time]")?;
-        let (bi, n, h) = injected.dims3().context("injected embeddings must be [batch, slots, hidden]")?;
-        ensure!(bi == b && slots.len() == b, "batch sizes differ: ids {b}, injected {bi}, slot lists {}", slots.len());
-        ensure!(h == self.cfg.hidden_size, "injected embeddings have width {h}, the model {}", self.cfg.hidden_size);
+        let (bi, n, h) = injected
+            .dims3()
+            .context("injected embeddings must be [batch, slots, hidden]")?;
+        ensure!(
+            bi == b && slots.len() == b,
+            "batch sizes differ: ids {b}, injected {bi}, slot lists {}",
+            slots.len()
+        );
+        ensure!(
+            h == self.cfg.hidden_size,
+            "injected embeddings have width {h}, the model {}",
+            self.cfg.hidden_size
+        );
         let mut keep = vec![1f32; b * t];
         let mut place = vec![0f32; b * t * n];
         for (row, positions) in slots.iter().enumerate() {
-            ensure!(positions.len() == n, "row {row} has {} slots, injected has {n}", positions.len());
+            ensure!(
+                positions.len() == n,
+                "row {row} has {} slots, injected has {n}",
+                positions.len()
+            );
             for (k, &p) in positions.iter().enumerate() {
-                ensure!(p < t, "row {row}: slot position {p} is outside the sequence of {t}");
-                ensure!(keep[row * t + p] == 1.0, "row {row}: slot position {p} is listed twice");
+                ensure!(
+                    p < t,
+                    "row {row}: slot position {p} is outside the sequence of {t}"
+                );
+                ensure!(
+                    keep[row * t + p] == 1.0,
+                    "row {row}: slot position {p} is listed twice"
+                );
                 keep[row * t + p] = 0.0;
                 place[(row * t + p) * n + k] = 1.0;
             }
@@ -495,8 +626,14 @@ impl Qwen3 {
         match input {
             Input::Ids(ids) => self.embed(ids),
             Input::Embeds(e) => {
-                let (_, _, h) = e.dims3().context("input embeddings must be [batch, time, hidden]")?;
-                ensure!(h == self.cfg.hidden_size, "input embeddings have width {h}, the model {}", self.cfg.hidden_size);
+                let (_, _, h) = e
+                    .dims3()
+                    .context("input embeddings must be [batch, time, hidden]")?;
+                ensure!(
+                    h == self.cfg.hidden_size,
+                    "input embeddings have width {h}, the model {}",
+                    self.cfg.hidden_size
+                );
                 Ok(e.to_dtype(DType::F32)?)
             }
         }
@@ -506,29 +643,64 @@ impl Qwen3 {
     /// real token) allows padded batches: padding is never attended to, and positions count real
     /// tokens only, so left- or right-padded rows give the logits they give alone.
     pub fn forward(&self, input: Input, attention_mask: Option<&Tensor>) -> Result<Tensor> {
-        Ok(self.forward_with(input, attention_mask, ForwardOptions::default())?.logits)
+        Ok(self
+            .forward_with(input, attention_mask, ForwardOptions::default())?
+            .logits)
     }
 
-    pub fn forward_with(&self, input: Input, attention_mask: Option<&Tensor>, opts: ForwardOptions) -> Result<ForwardOutput> {
+    pub fn forward_with(
+        &self,
+        input: Input,
+        attention_mask: Option<&Tensor>,
+        opts: ForwardOptions,
+    ) -> Result<ForwardOutput> {
         let (hidden, hidden_states) = self.hidden(input, attention_mask, opts)?;
         let logits = frozen::linear(&hidden, &self.lm_head)?;
-        Ok(ForwardOutput { logits, hidden_states })
+        Ok(ForwardOutput {
+            logits,
+            hidden_states,
+        })
     }
 
     /// Final hidden states after the last RMSNorm (`[B, T, hidden]`), for callers that project only
     /// some positions through the LM head (see [`Qwen3::loss`]).
-    pub fn forward_hidden(&self, input: Input, attention_mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
-        Ok(self.hidden(input, attention_mask, ForwardOptions { output_hidden_states: false, train })?.0)
+    pub fn forward_hidden(
+        &self,
+        input: Input,
+        attention_mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        Ok(self
+            .hidden(
+                input,
+                attention_mask,
+                ForwardOptions {
+                    output_hidden_states: false,
+                    train,
+                },
+            )?
+            .0)
     }
 
-    fn hidden(&self, input: Input, attention_mask: Option<&Tensor>, opts: ForwardOptions) -> Result<(Tensor, Vec<Tensor>)> {
+    fn hidden(
+        &self,
+        input: Input,
+        attention_mask: Option<&Tensor>,
+        opts: ForwardOptions,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let x = self.input_embeds(input)?;
         let (b, t, _) = x.dims3()?;
         let valid = mask_rows(attention_mask, b, t)?;
-        let positions: Vec<Vec<usize>> = valid.iter().map(|row| positions_from_mask(row, 0)).collect();
+        let positions: Vec<Vec<usize>> = valid
+            .iter()
+            .map(|row| positions_from_mask(row, 0))
+            .collect();
         let rope = self.rope(&positions)?;
         let bias = self.attention_bias(&valid, &valid, 0)?;
-        let mode = Mode { train: opts.train, sparing: self.sparing };
+        let mode = Mode {
+            train: opts.train,
+            sparing: self.sparing,
+        };
         let mut hidden_states = Vec::new();
         let mut x = x;
         for layer in &self.layers {
@@ -552,12 +724,24 @@ impl Qwen3 {
     /// Causal-LM loss as transformers computes it with `labels` (`[B, T]` integers, −100 ignored):
     /// logits at t predict label t+1, mean over all counted targets of the batch. Only the counted
     /// positions go through the LM head.
-    pub fn loss(&self, input: Input, attention_mask: Option<&Tensor>, labels: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn loss(
+        &self,
+        input: Input,
+        attention_mask: Option<&Tensor>,
+        labels: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         let hidden = self.forward_hidden(input, attention_mask, train)?;
         let (rows, targets) = shifted_targets(labels)?;
         let (b, t, h) = hidden.dims3()?;
-        ensure!(labels.dims2()? == (b, t), "labels {:?} do not match the input [{b}, {t}]", labels.shape());
-        let picked = hidden.reshape((b * t, h))?.index_select(&Tensor::new(rows, &self.device)?, 0)?;
+        ensure!(
+            labels.dims2()? == (b, t),
+            "labels {:?} do not match the input [{b}, {t}]",
+            labels.shape()
+        );
+        let picked = hidden
+            .reshape((b * t, h))?
+            .index_select(&Tensor::new(rows, &self.device)?, 0)?;
         cross_entropy(&self.lm_head(&picked)?, &targets)
     }
 
@@ -573,11 +757,23 @@ impl Qwen3 {
     /// Generation forward: runs only the new positions, attending to everything in `cache`, and
     /// appends them to it. `attention_mask` `[B, T_new]` marks real tokens among the new ones (for a
     /// left-padded prompt). Returns the new positions' logits `[B, T_new, vocab]`.
-    pub fn forward_cached(&self, input: Input, attention_mask: Option<&Tensor>, cache: &mut KvCache) -> Result<Tensor> {
+    pub fn forward_cached(
+        &self,
+        input: Input,
+        attention_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
         let x = self.input_embeds(input)?;
         let (b, t, _) = x.dims3()?;
-        ensure!(cache.key_valid.len() == b, "cache holds {} rows, input has {b}", cache.key_valid.len());
-        ensure!(cache.layers.len() == self.layers.len(), "cache was made for another model");
+        ensure!(
+            cache.key_valid.len() == b,
+            "cache holds {} rows, input has {b}",
+            cache.key_valid.len()
+        );
+        ensure!(
+            cache.layers.len() == self.layers.len(),
+            "cache was made for another model"
+        );
         let new_valid = mask_rows(attention_mask, b, t)?;
         let past = cache.len();
         let mut positions = Vec::with_capacity(b);
@@ -589,12 +785,40 @@ impl Qwen3 {
         }
         let rope = self.rope(&positions)?;
         let bias = self.attention_bias(&new_valid, &cache.key_valid, past)?;
-        let mode = Mode { train: false, sparing: self.sparing };
+        let mode = Mode {
+            train: false,
+            sparing: self.sparing,
+        };
         let mut x = x;
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&x, &rope, &bias, Some(slot), mode)?;
         }
         self.lm_head(&self.norm.forward(&x)?)
+    }
+
+    /// Greedy decoding of one sequence with the KV cache: the prompt (ids or embeddings `[1, T, ·]`)
+    /// is run once, then one token per step until `is_stop` accepts a token (included in the
+    /// output) or `max_new_tokens` are produced. Returns the generated ids.
+    pub fn generate_greedy(
+        &self,
+        prompt: Input,
+        max_new_tokens: usize,
+        is_stop: impl Fn(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        let mut cache = self.new_cache(1);
+        let mut logits = self.forward_cached(prompt, None, &mut cache)?;
+        let mut out = Vec::new();
+        while out.len() < max_new_tokens {
+            let last = logits.i((0, logits.dim(1)? - 1))?;
+            let next = last.argmax(0)?.to_scalar::<u32>()?;
+            out.push(next);
+            if is_stop(next) {
+                break;
+            }
+            let ids = Tensor::new(&[[next]], &self.device)?;
+            logits = self.forward_cached(Input::Ids(&ids), None, &mut cache)?;
+        }
+        Ok(out)
     }
 
     /// cos/sin tables `[B, 1, T, D]` for per-row positions (float32 as transformers).
@@ -614,13 +838,21 @@ impl Qwen3 {
             }
         }
         let shape = (b, 1, t, d);
-        Ok(Rope { cos: Tensor::from_vec(cos, shape, &self.device)?, sin: Tensor::from_vec(sin, shape, &self.device)? })
+        Ok(Rope {
+            cos: Tensor::from_vec(cos, shape, &self.device)?,
+            sin: Tensor::from_vec(sin, shape, &self.device)?,
+        })
     }
 
     /// Additive attention bias `[B, 1, T_q, T_k]`: query i (at index `offset + i` among the keys)
     /// sees key j when j ≤ offset + i and key j is a real token. A padding query always sees itself,
     /// so no row is entirely masked (its output is unused but stays finite).
-    fn attention_bias(&self, query_valid: &[Vec<bool>], key_valid: &[Vec<bool>], offset: usize) -> Result<Tensor> {
+    fn attention_bias(
+        &self,
+        query_valid: &[Vec<bool>],
+        key_valid: &[Vec<bool>],
+        offset: usize,
+    ) -> Result<Tensor> {
         let b = query_valid.len();
         let tq = query_valid.first().map_or(0, Vec::len);
         let tk = key_valid.first().map_or(0, Vec::len);
@@ -682,7 +914,9 @@ impl Qwen3 {
 
     fn projection_mut(&mut self, path: &str) -> Result<&mut Projection> {
         let (layer, module) = parse_projection_path(path, self.layers.len())?;
-        self.layers[layer].projection_mut(module).with_context(|| format!("{path}: unknown projection"))
+        self.layers[layer]
+            .projection_mut(module)
+            .with_context(|| format!("{path}: unknown projection"))
     }
 }
 
@@ -694,9 +928,13 @@ pub fn parse_projection_path(path: &str, num_layers: usize) -> Result<(usize, &s
         let (parent, module) = rest.split_once('.')?;
         Some((n.parse().ok()?, parent, module))
     };
-    let (layer, parent, module) =
-        parse().with_context(|| format!("{path:?} is not a projection path like model.layers.0.self_attn.q_proj"))?;
-    ensure!(layer < num_layers, "{path}: layer {layer} does not exist (the model has {num_layers})");
+    let (layer, parent, module) = parse().with_context(|| {
+        format!("{path:?} is not a projection path like model.layers.0.self_attn.q_proj")
+    })?;
+    ensure!(
+        layer < num_layers,
+        "{path}: layer {layer} does not exist (the model has {num_layers})"
+    );
     ensure!(projection_path(layer, module) == path && (ATTENTION_PROJECTIONS.contains(&module) || MLP_PROJECTIONS.contains(&module)),
         "{path:?} is not a Qwen3 projection (model.layers.N.self_attn.{{q,k,v,o}}_proj or model.layers.N.mlp.{{gate,up,down}}_proj; parent {parent:?})");
     Ok((layer, module))
@@ -707,9 +945,16 @@ fn mask_rows(mask: Option<&Tensor>, b: usize, t: usize) -> Result<Vec<Vec<bool>>
     let Some(mask) = mask else {
         return Ok(vec![vec![true; t]; b]);
     };
-    ensure!(mask.dims2()? == (b, t), "attention mask {:?} does not match the input [{b}, {t}]", mask.shape());
+    ensure!(
+        mask.dims2()? == (b, t),
+        "attention mask {:?} does not match the input [{b}, {t}]",
+        mask.shape()
+    );
     let rows = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-    Ok(rows.into_iter().map(|r| r.into_iter().map(|v| v != 0.0).collect()).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v != 0.0).collect())
+        .collect())
 }
 
 /// RoPE positions of a row: real tokens count up from `start`; padding takes the position of the
@@ -740,12 +985,19 @@ fn shifted_targets(labels: &Tensor) -> Result<(Vec<u32>, Tensor)> {
             if label == -100 {
                 continue;
             }
-            ensure!(label >= 0, "label {label} at row {bi}, position {} (only -100 may be negative)", ti + 1);
+            ensure!(
+                label >= 0,
+                "label {label} at row {bi}, position {} (only -100 may be negative)",
+                ti + 1
+            );
             rows.push((bi * t + ti) as u32);
             targets.push(label as u32);
         }
     }
-    ensure!(!targets.is_empty(), "no label to predict: every shifted label of the [{b}, {t}] batch is -100");
+    ensure!(
+        !targets.is_empty(),
+        "no label to predict: every shifted label of the [{b}, {t}] batch is -100"
+    );
     let n = targets.len();
     Ok((rows, Tensor::from_vec(targets, n, labels.device())?))
 }
@@ -761,8 +1013,14 @@ fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// Causal-LM loss from full logits `[B, T, V]` and labels `[B, T]` (−100 ignored), as transformers.
 pub fn causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let (b, t, v) = logits.dims3()?;
-    ensure!(labels.dims2()? == (b, t), "labels {:?} do not match logits [{b}, {t}, {v}]", labels.shape());
+    ensure!(
+        labels.dims2()? == (b, t),
+        "labels {:?} do not match logits [{b}, {t}, {v}]",
+        labels.shape()
+    );
     let (rows, targets) = shifted_targets(labels)?;
-    let picked = logits.reshape((b * t, v))?.index_select(&Tensor::new(rows, logits.device())?, 0)?;
+    let picked = logits
+        .reshape((b * t, v))?
+        .index_select(&Tensor::new(rows, logits.device())?, 0)?;
     cross_entropy(&picked, &targets)
 }

@@ -14,11 +14,20 @@ fn fixture() -> PathBuf {
 
 fn model() -> Qwen3 {
     let base = fixture().join("base");
-    Qwen3::load(&base.join("config.json"), &[base.join("model.safetensors")], DType::F32, &Device::Cpu).unwrap()
+    Qwen3::load(
+        &base.join("config.json"),
+        &[base.join("model.safetensors")],
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn ids() -> Tensor {
-    candle_core::safetensors::load(fixture().join("inputs.safetensors"), &Device::Cpu).unwrap().remove("input_ids").unwrap()
+    candle_core::safetensors::load(fixture().join("inputs.safetensors"), &Device::Cpu)
+        .unwrap()
+        .remove("input_ids")
+        .unwrap()
 }
 
 fn read_json(p: &Path) -> serde_json::Value {
@@ -30,13 +39,22 @@ fn shared_adapter_loads_with_peft_settings() {
     let m = model();
     let lora = Lora::load(&fixture().join("lora"), m.config(), &Device::Cpu).unwrap();
     let c = lora.config();
-    assert_eq!((c.r, c.lora_alpha, c.lora_dropout, c.scaling()), (4, 8.0, 0.0, 2.0));
+    assert_eq!(
+        (c.r, c.lora_alpha, c.lora_dropout, c.scaling()),
+        (4, 8.0, 0.0, 2.0)
+    );
     assert_eq!(c.target_modules, ["k_proj", "o_proj", "q_proj", "v_proj"]);
     let vars = lora.vars();
     assert_eq!(vars.len(), 16);
-    assert_eq!(vars[0].0, "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight");
+    assert_eq!(
+        vars[0].0,
+        "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"
+    );
     let q_b = &lora.layers()["model.layers.1.self_attn.q_proj"];
-    assert_eq!((q_b.in_features().unwrap(), q_b.out_features().unwrap()), (64, 128));
+    assert_eq!(
+        (q_b.in_features().unwrap(), q_b.out_features().unwrap()),
+        (64, 128)
+    );
 }
 
 #[test]
@@ -47,7 +65,8 @@ fn resave_gives_identical_tensors_and_config() {
     let out = tempfile::tempdir().unwrap();
     lora.save(out.path()).unwrap();
     let original = candle_core::safetensors::load(src.join(ADAPTER_WEIGHTS), &Device::Cpu).unwrap();
-    let resaved = candle_core::safetensors::load(out.path().join(ADAPTER_WEIGHTS), &Device::Cpu).unwrap();
+    let resaved =
+        candle_core::safetensors::load(out.path().join(ADAPTER_WEIGHTS), &Device::Cpu).unwrap();
     let mut keys: Vec<_> = original.keys().collect();
     keys.sort();
     let mut keys2: Vec<_> = resaved.keys().collect();
@@ -55,36 +74,81 @@ fn resave_gives_identical_tensors_and_config() {
     assert_eq!(keys, keys2);
     for k in keys {
         assert_eq!(original[k].dtype(), resaved[k].dtype());
-        assert_eq!(original[k].to_vec2::<f32>().unwrap(), resaved[k].to_vec2::<f32>().unwrap(), "{k}");
+        assert_eq!(
+            original[k].to_vec2::<f32>().unwrap(),
+            resaved[k].to_vec2::<f32>().unwrap(),
+            "{k}"
+        );
     }
     // PEFT's own metadata marker is written.
     let bytes = std::fs::read(out.path().join(ADAPTER_WEIGHTS)).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     assert_eq!(meta.metadata().as_ref().unwrap()["format"], "pt");
     // Every field of PEFT's adapter_config.json survives.
-    assert_eq!(read_json(&out.path().join(ADAPTER_CONFIG)), read_json(&src.join(ADAPTER_CONFIG)));
+    assert_eq!(
+        read_json(&out.path().join(ADAPTER_CONFIG)),
+        read_json(&src.join(ADAPTER_CONFIG))
+    );
 }
 
 #[test]
 fn fresh_adapter_is_peft_initialised_and_changes_nothing() {
     let mut m = model();
     let before = m.forward(Input::Ids(&ids()), None).unwrap();
-    let lora = Lora::init(LoraConfig { r: 8, lora_alpha: 16.0, ..LoraConfig::default() }, m.config(), &Device::Cpu, 42).unwrap();
+    let lora = Lora::init(
+        LoraConfig {
+            r: 8,
+            lora_alpha: 16.0,
+            ..LoraConfig::default()
+        },
+        m.config(),
+        &Device::Cpu,
+        42,
+    )
+    .unwrap();
     assert_eq!(lora.vars().len(), 2 * 4 * 2);
     for (path, l) in lora.layers() {
-        let a = l.a.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let a =
+            l.a.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
         let bound = 1.0 / (l.in_features().unwrap() as f32).sqrt();
-        assert!(a.iter().all(|v| v.abs() <= bound), "{path}: A outside ±1/√in");
+        assert!(
+            a.iter().all(|v| v.abs() <= bound),
+            "{path}: A outside ±1/√in"
+        );
         // Uniform on ±bound: the spread is close to the bound, not collapsed.
-        assert!(a.iter().cloned().fold(0f32, f32::max) > 0.8 * bound, "{path}");
-        assert_eq!(l.b.as_tensor().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0, "{path}: B not zero");
+        assert!(
+            a.iter().cloned().fold(0f32, f32::max) > 0.8 * bound,
+            "{path}"
+        );
+        assert_eq!(
+            l.b.as_tensor()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0,
+            "{path}: B not zero"
+        );
     }
     // Same seed, same A.
     let again = Lora::init(lora.config().clone(), m.config(), &Device::Cpu, 42).unwrap();
-    assert_eq!(max_abs_diff(&lora.named_tensors()[0].1, &again.named_tensors()[0].1).unwrap(), 0.0);
+    assert_eq!(
+        max_abs_diff(&lora.named_tensors()[0].1, &again.named_tensors()[0].1).unwrap(),
+        0.0
+    );
     lora.attach(&mut m).unwrap();
     let after = m.forward(Input::Ids(&ids()), None).unwrap();
-    assert_eq!(max_abs_diff(&before, &after).unwrap(), 0.0, "B = 0 adds exactly nothing");
+    assert_eq!(
+        max_abs_diff(&before, &after).unwrap(),
+        0.0,
+        "B = 0 adds exactly nothing"
+    );
     // A fresh save has PEFT's fields.
     let out = tempfile::tempdir().unwrap();
     lora.save(out.path()).unwrap();
@@ -93,7 +157,10 @@ fn fresh_adapter_is_peft_initialised_and_changes_nothing() {
     assert_eq!(cfg["task_type"], "CAUSAL_LM");
     assert_eq!(cfg["r"], 8);
     assert_eq!(cfg["lora_alpha"], 16);
-    assert_eq!(cfg["target_modules"], serde_json::json!(["k_proj", "o_proj", "q_proj", "v_proj"]));
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(["k_proj", "o_proj", "q_proj", "v_proj"])
+    );
 }
 
 #[test]
@@ -106,7 +173,8 @@ fn merged_weights_equal_the_adapted_model() {
     let w0 = merged.projection_weight(path).unwrap().clone();
     lora.merge_into(&mut merged).unwrap();
     let l = &lora.layers()[path];
-    let expected = (w0 + (l.b.as_tensor().matmul(l.a.as_tensor()).unwrap() * 2.0).unwrap()).unwrap();
+    let expected =
+        (w0 + (l.b.as_tensor().matmul(l.a.as_tensor()).unwrap() * 2.0).unwrap()).unwrap();
     assert!(max_abs_diff(merged.projection_weight(path).unwrap(), &expected).unwrap() < 1e-6);
     let a = adapted.forward(Input::Ids(&ids()), None).unwrap();
     let b = merged.forward(Input::Ids(&ids()), None).unwrap();
@@ -128,12 +196,24 @@ fn dropout_acts_in_training_only() {
     lora = Lora::load(dir.path(), m.config(), &Device::Cpu).unwrap();
     assert_eq!(lora.config().lora_dropout, cfg.lora_dropout);
     lora.attach(&mut m).unwrap();
-    let opts = |train| roomplan_trainer::qwen3::ForwardOptions { output_hidden_states: false, train };
-    let eval1 = m.forward_with(Input::Ids(&ids()), None, opts(false)).unwrap().logits;
+    let opts = |train| roomplan_trainer::qwen3::ForwardOptions {
+        output_hidden_states: false,
+        train,
+    };
+    let eval1 = m
+        .forward_with(Input::Ids(&ids()), None, opts(false))
+        .unwrap()
+        .logits;
     let eval2 = m.forward(Input::Ids(&ids()), None).unwrap();
     assert_eq!(max_abs_diff(&eval1, &eval2).unwrap(), 0.0);
-    let train = m.forward_with(Input::Ids(&ids()), None, opts(true)).unwrap().logits;
-    assert!(max_abs_diff(&eval1, &train).unwrap() > 1e-3, "dropout 0.5 must change the training forward");
+    let train = m
+        .forward_with(Input::Ids(&ids()), None, opts(true))
+        .unwrap()
+        .logits;
+    assert!(
+        max_abs_diff(&eval1, &train).unwrap() > 1e-3,
+        "dropout 0.5 must change the training forward"
+    );
 }
 
 #[test]
@@ -146,7 +226,10 @@ fn unsupported_or_broken_adapters_are_refused() {
             std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
         }
         edit(dir.path());
-        format!("{:#}", Lora::load(dir.path(), m.config(), &Device::Cpu).unwrap_err())
+        format!(
+            "{:#}",
+            Lora::load(dir.path(), m.config(), &Device::Cpu).unwrap_err()
+        )
     };
     let set = |key: &'static str, value: serde_json::Value| {
         move |d: &Path| {
@@ -156,8 +239,14 @@ fn unsupported_or_broken_adapters_are_refused() {
         }
     };
     let err = case(&set("use_dora", serde_json::json!(true)));
-    assert!(err.contains("use_dora true (DoRA is not implemented)"), "{err}");
-    let err = case(&set("target_modules", serde_json::json!(["q_proj", "lm_head"])));
+    assert!(
+        err.contains("use_dora true (DoRA is not implemented)"),
+        "{err}"
+    );
+    let err = case(&set(
+        "target_modules",
+        serde_json::json!(["q_proj", "lm_head"]),
+    ));
     assert!(err.contains("target module \"lm_head\""), "{err}");
     let err = case(&set("r", serde_json::json!(8)));
     assert!(err.contains("has shape [4, 64], expected (8, 64)"), "{err}");
@@ -167,5 +256,10 @@ fn unsupported_or_broken_adapters_are_refused() {
         t.remove(&peft_key("model.layers.1.self_attn.v_proj", Matrix::B));
         candle_core::safetensors::save(&t, d.join(ADAPTER_WEIGHTS)).unwrap();
     });
-    assert!(err.contains("missing tensor base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"), "{err}");
+    assert!(
+        err.contains(
+            "missing tensor base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
+        ),
+        "{err}"
+    );
 }

@@ -15,7 +15,13 @@ fn fixture() -> PathBuf {
 
 fn model(dtype: DType) -> Qwen3 {
     let base = fixture().join("base");
-    Qwen3::load(&base.join("config.json"), &[base.join("model.safetensors")], dtype, &Device::Cpu).unwrap()
+    Qwen3::load(
+        &base.join("config.json"),
+        &[base.join("model.safetensors")],
+        dtype,
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn inputs() -> std::collections::HashMap<String, Tensor> {
@@ -25,7 +31,13 @@ fn inputs() -> std::collections::HashMap<String, Tensor> {
 fn assert_only(grads: &GradStore, vars: &[Var]) {
     let stored: HashSet<TensorId> = grads.get_ids().copied().collect();
     let wanted: HashSet<TensorId> = vars.iter().map(|v| v.as_tensor().id()).collect();
-    assert_eq!(stored.len(), wanted.len(), "gradient store holds {} entries for {} trainable vars", stored.len(), wanted.len());
+    assert_eq!(
+        stored.len(),
+        wanted.len(),
+        "gradient store holds {} entries for {} trainable vars",
+        stored.len(),
+        wanted.len()
+    );
     assert_eq!(stored, wanted);
     for v in vars {
         let g = grads.get(v.as_tensor()).unwrap();
@@ -41,14 +53,29 @@ fn peft_adapter_on_qkvo_gets_the_only_gradients() {
         let lora = Lora::load(&fixture().join("lora"), m.config(), &Device::Cpu).unwrap();
         lora.attach(&mut m).unwrap();
         let inp = inputs();
-        let loss = m.loss(Input::Ids(&inp["train.input_ids"]), None, &inp["train.labels"], true).unwrap();
+        let loss = m
+            .loss(
+                Input::Ids(&inp["train.input_ids"]),
+                None,
+                &inp["train.labels"],
+                true,
+            )
+            .unwrap();
         let grads = loss.backward().unwrap();
         let vars: Vec<Var> = lora.vars().into_iter().map(|(_, v)| v).collect();
         assert_eq!(vars.len(), 16);
         assert_only(&grads, &vars);
         // Non-zero everywhere: B was trained, so every A and B receives signal.
         for v in &vars {
-            let n = grads.get(v.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let n = grads
+                .get(v.as_tensor())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(n > 0.0, "{dtype:?}: zero gradient");
         }
     }
@@ -69,19 +96,40 @@ fn mlp_targets_injected_embeddings_padding_and_dropout() {
     // PEFT's B starts at zero; give it values so every path carries gradient.
     for (_, v) in lora.vars() {
         if v.dims2().unwrap().1 == 2 {
-            v.set(&(v.as_tensor().ones_like().unwrap() * 0.01).unwrap()).unwrap();
+            v.set(&(v.as_tensor().ones_like().unwrap() * 0.01).unwrap())
+                .unwrap();
         }
     }
     lora.attach(&mut m).unwrap();
     let inp = inputs();
     let injected = Var::from_tensor(&inp["embeds.injected"]).unwrap();
-    let ids = Tensor::cat(&[&inp["embeds.prefix_ids"], &Tensor::zeros((1, 4), DType::I64, &Device::Cpu).unwrap(), &inp["embeds.suffix_ids"]], 1).unwrap();
-    let embeds = m.embed_with_slots(&ids, &[vec![3, 4, 5, 6]], injected.as_tensor()).unwrap();
+    let ids = Tensor::cat(
+        &[
+            &inp["embeds.prefix_ids"],
+            &Tensor::zeros((1, 4), DType::I64, &Device::Cpu).unwrap(),
+            &inp["embeds.suffix_ids"],
+        ],
+        1,
+    )
+    .unwrap();
+    let embeds = m
+        .embed_with_slots(&ids, &[vec![3, 4, 5, 6]], injected.as_tensor())
+        .unwrap();
     // A padded batch: the same row twice, the second with its first two positions as padding.
     let embeds = Tensor::cat(&[&embeds, &embeds], 0).unwrap();
-    let mask = Tensor::new(&[[1u8; 11], [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1]], &Device::Cpu).unwrap();
-    let labels = Tensor::new(&[[-100i64, -100, -100, -100, -100, -100, -100, 5, 6, 7, 8]; 2], &Device::Cpu).unwrap();
-    let loss = m.loss(Input::Embeds(&embeds), Some(&mask), &labels, true).unwrap();
+    let mask = Tensor::new(
+        &[[1u8; 11], [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let labels = Tensor::new(
+        &[[-100i64, -100, -100, -100, -100, -100, -100, 5, 6, 7, 8]; 2],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let loss = m
+        .loss(Input::Embeds(&embeds), Some(&mask), &labels, true)
+        .unwrap();
     let grads = loss.backward().unwrap();
     let mut vars: Vec<Var> = lora.vars().into_iter().map(|(_, v)| v).collect();
     assert_eq!(vars.len(), 2 * 3 * 2);
@@ -97,9 +145,20 @@ fn plain_matmul_mode_stores_frozen_weight_gradients() {
     let lora = Lora::load(&fixture().join("lora"), m.config(), &Device::Cpu).unwrap();
     lora.attach(&mut m).unwrap();
     let inp = inputs();
-    let loss = m.loss(Input::Ids(&inp["train.input_ids"]), None, &inp["train.labels"], true).unwrap();
+    let loss = m
+        .loss(
+            Input::Ids(&inp["train.input_ids"]),
+            None,
+            &inp["train.labels"],
+            true,
+        )
+        .unwrap();
     let grads = loss.backward().unwrap();
     // Frozen weights downstream of the first adapter now receive gradients: layer 0's o_proj and
     // MLP (the q/k/v inputs of layer 0 do not depend on any variable) and all 7 of layer 1.
-    assert!(grads.get_ids().count() >= 16 + 11, "only {} entries", grads.get_ids().count());
+    assert!(
+        grads.get_ids().count() >= 16 + 11,
+        "only {} entries",
+        grads.get_ids().count()
+    );
 }

@@ -10,10 +10,22 @@ fn shared_fixture_passes_every_check() {
     let report = parity_qwen3::run(&folder).expect("parity run");
     println!("{report}");
     let gate = |name: &str, tol: f64| {
-        let c = report.get(name).unwrap_or_else(|| panic!("check {name} missing from the report"));
-        assert!(c.max_abs_diff <= tol, "{name}: max abs diff {} > {tol}", c.max_abs_diff);
+        let c = report
+            .get(name)
+            .unwrap_or_else(|| panic!("check {name} missing from the report"));
+        assert!(
+            c.max_abs_diff <= tol,
+            "{name}: max abs diff {} > {tol}",
+            c.max_abs_diff
+        );
     };
-    for out in ["logits", "logits_embeds", "hidden_states.0", "hidden_states.1", "hidden_states.2"] {
+    for out in [
+        "logits",
+        "logits_embeds",
+        "hidden_states.0",
+        "hidden_states.1",
+        "hidden_states.2",
+    ] {
         gate(&format!("base/{out}"), 5e-5);
     }
     gate("inputs/inputs_embeds (embed + injected)", 0.0);
@@ -22,14 +34,21 @@ fn shared_fixture_passes_every_check() {
     }
     gate("lora/train.loss", 1e-5);
     gate("lora/train.loss (from logits)", 1e-5);
-    let grads: Vec<_> = report.checks.iter().filter(|c| c.name.starts_with("lora/grad.")).collect();
+    let grads: Vec<_> = report
+        .checks
+        .iter()
+        .filter(|c| c.name.starts_with("lora/grad."))
+        .collect();
     assert_eq!(grads.len(), 16, "one gradient check per LoRA tensor");
     for c in grads {
         assert!(c.max_abs_diff <= 1e-5, "{}: {}", c.name, c.max_abs_diff);
     }
     for tag in ["base", "lora"] {
         gate(&format!("{tag}/kv-cache decode vs full logits"), 5e-5);
-        gate(&format!("{tag}/kv-cache decode vs full logits (embeds)"), 5e-5);
+        gate(
+            &format!("{tag}/kv-cache decode vs full logits (embeds)"),
+            5e-5,
+        );
         gate(&format!("{tag}/padded batch vs rows alone"), 5e-5);
     }
     gate("lora/adapter re-save round trip", 0.0);
