@@ -14,7 +14,11 @@ fn fixture(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"));
     let path = shared.join("fixtures/roomplan").join(name);
-    assert!(path.is_file(), "RoomPlan fixture {} not found (set ROOMPLAN_SHARED)", path.display());
+    assert!(
+        path.is_file(),
+        "RoomPlan fixture {} not found (set ROOMPLAN_SHARED)",
+        path.display()
+    );
     path
 }
 

@@ -242,7 +242,10 @@ pub fn footprint(spec: &ObjectSpec) -> [f64; 4] {
 /// The convex hull of `(x, z)` points, counter-clockwise in (x, z) coordinates: floor that lies
 /// inside a convex room when every point does.
 pub fn floor_region(points: impl IntoIterator<Item = [f64; 2]>) -> Vec<[f64; 2]> {
-    let mut pts: Vec<[f64; 2]> = points.into_iter().filter(|p| p[0].is_finite() && p[1].is_finite()).collect();
+    let mut pts: Vec<[f64; 2]> = points
+        .into_iter()
+        .filter(|p| p[0].is_finite() && p[1].is_finite())
+        .collect();
     pts.sort_by(|a, b| a[0].total_cmp(&b[0]).then(a[1].total_cmp(&b[1])));
     pts.dedup();
     if pts.len() < 3 {
@@ -483,7 +486,12 @@ pub fn synthesize(room: &Room, scene_key: &str, config: &SynthesisConfig) -> Vec
                     centre[0] + dims[0] / 2.0,
                     centre[2] + dims[2] / 2.0,
                 ];
-                let corners = [[new_fp[0], new_fp[1]], [new_fp[2], new_fp[1]], [new_fp[2], new_fp[3]], [new_fp[0], new_fp[3]]];
+                let corners = [
+                    [new_fp[0], new_fp[1]],
+                    [new_fp[2], new_fp[1]],
+                    [new_fp[2], new_fp[3]],
+                    [new_fp[0], new_fp[3]],
+                ];
                 let inside = corners.iter().all(|&p| inside_convex(&room.floor_region, p));
                 if inside && !footprints.iter().any(|f| overlaps(*f, new_fp, CLEARANCE_M)) {
                     candidates.push((r, noun_name, dims, side, offset, centre));
