@@ -384,3 +384,96 @@ fn portrait_videos_match_their_upright_twins() {
         );
     }
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The raw download nests the same files one level less (`<video>/lowres_wide/` instead of
+/// `<video>/<video>_frames/lowres_wide/`): the same scenes and samples come out.
+#[test]
+fn raw_layout_gives_the_same_dataset_rows() {
+    let tmp = synth(&config(false));
+    let src = tmp.path().join("raw/arkitscenes");
+    let raw_root = tmp.path().join("download");
+    std::fs::create_dir_all(raw_root.join("raw")).unwrap();
+    std::fs::copy(src.join("3dod/metadata.csv"), raw_root.join("raw/metadata.csv")).unwrap();
+    for fold in ["Training", "Validation"] {
+        for video in std::fs::read_dir(src.join("3dod").join(fold)).unwrap() {
+            let video = video.unwrap();
+            let id = video.file_name().to_string_lossy().into_owned();
+            let dst = raw_root.join("raw").join(fold).join(&id);
+            copy_tree(&video.path().join(format!("{id}_frames")), &dst);
+            let annotation = format!("{id}_3dod_annotation.json");
+            std::fs::copy(video.path().join(&annotation), dst.join(&annotation)).unwrap();
+        }
+    }
+    let (out_a, out_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    assert!(prep(&src, &out_a, &["--view-selection", "uniform", "--num-views", "4"])
+        .status
+        .success());
+    let res = prep(
+        &raw_root,
+        &out_b,
+        &["--layout", "raw", "--view-selection", "uniform", "--num-views", "4"],
+    );
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let (a, b) = (Dataset::open(&out_a).unwrap(), Dataset::open(&out_b).unwrap());
+    assert_eq!((a.num_scenes(), a.num_samples()), (b.num_scenes(), b.num_samples()));
+    assert_eq!(a.num_scenes(), 4);
+    for i in 0..a.num_scenes() {
+        assert_eq!(a.scene(i).unwrap(), b.scene(i).unwrap());
+    }
+    for i in 0..a.num_samples() {
+        let (x, y) = (a.sample(i).unwrap(), b.sample(i).unwrap());
+        assert_eq!(
+            (&x.sample_id, &x.question, &x.action_json),
+            (&y.sample_id, &y.question, &y.action_json)
+        );
+    }
+    // The manifest names the raw files where they are.
+    let manifest = std::fs::read_to_string(out_b.join("manifest.json")).unwrap();
+    assert!(
+        manifest.contains("\"arkitscenes:raw/Training/41005000/lowres_wide.traj\""),
+        "{manifest}"
+    );
+}
+
+#[test]
+fn help_and_bad_roots() {
+    let help = run(BIN, &["--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("--num-views <NUM_VIEWS>") && text.contains("[default: 10]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[default: coverage]") && text.contains("--layout <LAYOUT>"),
+        "{text}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let res = run(
+        BIN,
+        &[
+            "--arkitscenes",
+            path_arg(tmp.path()),
+            "--out",
+            path_arg(&tmp.path().join("o")),
+        ],
+    );
+    assert_eq!(res.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        stderr.contains("prep-arkit: error: arkitscenes:3dod: missing input"),
+        "{stderr}"
+    );
+}
