@@ -145,14 +145,15 @@ pub fn parse_metadata_csv(
             fold: optional(fold_col),
             sky_direction: fields[sky_col].to_string(),
         };
-        if rows.contains_key(&video_id) {
-            errors.push(ArkitError::new(
+        match rows.entry(video_id) {
+            std::collections::btree_map::Entry::Occupied(e) => errors.push(ArkitError::new(
                 file,
                 record,
-                format!("video {video_id} listed twice; the first row is used"),
-            ));
-        } else {
-            rows.insert(video_id, meta);
+                format!("video {} listed twice; the first row is used", e.key()),
+            )),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(meta);
+            }
         }
     }
     Ok((rows, errors))
