@@ -236,9 +236,11 @@ struct Mode {
 }
 
 impl Projection {
-    fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+    /// The projection `name` (`q_proj`, ...) under `vb`, shaped from the config.
+    fn new(cfg: &Config, name: &str, vb: &VarBuilder) -> Result<Self> {
+        let (in_dim, out_dim) = cfg.projection_shape(name)?;
         Ok(Self {
-            weight: vb.get((out_dim, in_dim), "weight")?,
+            weight: vb.pp(name).get((out_dim, in_dim), "weight")?,
             lora: None,
         })
     }
@@ -287,15 +289,19 @@ struct Attention {
     head_dim: usize,
 }
 
+/// What every layer of one forward pass shares: RoPE tables, attention bias, mode.
+struct Pass {
+    rope: Rope,
+    bias: Tensor,
+    mode: Mode,
+}
+
 /// Keys and values of the positions seen so far, per layer: `[B, H_kv, T_past, D]`.
 type KvPair = (Tensor, Tensor);
 
 impl Attention {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let proj = |name: &str| -> Result<Projection> {
-            let (i, o) = cfg.projection_shape(name)?;
-            Projection::new(i, o, vb.pp(name))
-        };
+        let proj = |name: &str| Projection::new(cfg, name, &vb);
         Ok(Self {
             q_proj: proj("q_proj")?,
             k_proj: proj("k_proj")?,
@@ -312,11 +318,10 @@ impl Attention {
     fn forward(
         &self,
         x: &Tensor,
-        rope: &Rope,
-        bias: &Tensor,
+        pass: &Pass,
         cache: Option<&mut Option<KvPair>>,
-        mode: Mode,
     ) -> Result<Tensor> {
+        let mode = pass.mode;
         let (b, t, _) = x.dims3()?;
         let d = self.head_dim;
         let heads = |proj: &Projection, n: usize| -> Result<Tensor> {
@@ -333,8 +338,8 @@ impl Attention {
         let v = heads(&self.v_proj, self.num_kv_heads)?
             .transpose(1, 2)?
             .contiguous()?;
-        let q = rope.apply(&q)?;
-        let mut k = rope.apply(&k)?;
+        let q = pass.rope.apply(&q)?;
+        let mut k = pass.rope.apply(&k)?;
         let mut v = v;
         if let Some(slot) = cache {
             if let Some((past_k, past_v)) = slot.as_ref() {
@@ -346,7 +351,7 @@ impl Attention {
         let k = repeat_kv(&k, self.num_heads / self.num_kv_heads)?;
         let v = repeat_kv(&v, self.num_heads / self.num_kv_heads)?;
         let scores = (frozen::matmul(&q, &k.t()?)? * (d as f64).powf(-0.5))?;
-        let scores = frozen::broadcast_add(&scores, bias)?;
+        let scores = frozen::broadcast_add(&scores, &pass.bias)?;
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let out = frozen::matmul(&probs, &v)?;
         let out = out
@@ -378,10 +383,7 @@ struct Mlp {
 
 impl Mlp {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let proj = |name: &str| -> Result<Projection> {
-            let (i, o) = cfg.projection_shape(name)?;
-            Projection::new(i, o, vb.pp(name))
-        };
+        let proj = |name: &str| Projection::new(cfg, name, &vb);
         Ok(Self {
             gate_proj: proj("gate_proj")?,
             up_proj: proj("up_proj")?,
@@ -426,14 +428,13 @@ impl DecoderLayer {
     fn forward(
         &self,
         x: &Tensor,
-        rope: &Rope,
-        bias: &Tensor,
+        pass: &Pass,
         cache: Option<&mut Option<KvPair>>,
-        mode: Mode,
     ) -> Result<Tensor> {
-        let attn =
-            self.self_attn
-                .forward(&self.input_layernorm.forward(x)?, rope, bias, cache, mode)?;
+        let mode = pass.mode;
+        let attn = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x)?, pass, cache)?;
         let h = frozen::broadcast_add(x, &attn)?;
         let mlp = self
             .mlp
@@ -695,11 +696,13 @@ impl Qwen3 {
             .iter()
             .map(|row| positions_from_mask(row, 0))
             .collect();
-        let rope = self.rope(&positions)?;
-        let bias = self.attention_bias(&valid, &valid, 0)?;
-        let mode = Mode {
-            train: opts.train,
-            sparing: self.sparing,
+        let pass = Pass {
+            rope: self.rope(&positions)?,
+            bias: self.attention_bias(&valid, &valid, 0)?,
+            mode: Mode {
+                train: opts.train,
+                sparing: self.sparing,
+            },
         };
         let mut hidden_states = Vec::new();
         let mut x = x;
@@ -707,7 +710,7 @@ impl Qwen3 {
             if opts.output_hidden_states {
                 hidden_states.push(x.clone());
             }
-            x = layer.forward(&x, &rope, &bias, None, mode)?;
+            x = layer.forward(&x, &pass, None)?;
         }
         let x = self.norm.forward(&x)?;
         if opts.output_hidden_states {
@@ -783,15 +786,17 @@ impl Qwen3 {
             positions.push(pos);
             cache.key_valid[row].extend_from_slice(new);
         }
-        let rope = self.rope(&positions)?;
-        let bias = self.attention_bias(&new_valid, &cache.key_valid, past)?;
-        let mode = Mode {
-            train: false,
-            sparing: self.sparing,
+        let pass = Pass {
+            rope: self.rope(&positions)?,
+            bias: self.attention_bias(&new_valid, &cache.key_valid, past)?,
+            mode: Mode {
+                train: false,
+                sparing: self.sparing,
+            },
         };
         let mut x = x;
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(&x, &rope, &bias, Some(slot), mode)?;
+            x = layer.forward(&x, &pass, Some(slot))?;
         }
         self.lm_head(&self.norm.forward(&x)?)
     }

@@ -46,58 +46,29 @@ fn greedy_generation_with_cache_equals_full_recompute() {
         .unwrap()
         .to_vec1()
         .unwrap();
+    let row = |ids: &[u32]| {
+        Tensor::new(ids, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap()
+    };
     let generated = m
-        .generate_greedy(
-            Input::Ids(
-                &Tensor::new(prompt.as_slice(), &Device::Cpu)
-                    .unwrap()
-                    .unsqueeze(0)
-                    .unwrap(),
-            ),
-            8,
-            |_| false,
-        )
+        .generate_greedy(Input::Ids(&row(&prompt)), 8, |_| false)
         .unwrap();
     assert_eq!(generated.len(), 8);
     // Without a cache: re-run the whole sequence for every new token.
     let mut seq = prompt.clone();
     for _ in 0..8 {
-        let logits = m
-            .forward(
-                Input::Ids(
-                    &Tensor::new(seq.as_slice(), &Device::Cpu)
-                        .unwrap()
-                        .unsqueeze(0)
-                        .unwrap(),
-                ),
-                None,
-            )
-            .unwrap();
-        seq.push(
-            logits
-                .i((0, seq.len() - 1))
-                .unwrap()
-                .argmax(0)
-                .unwrap()
-                .to_scalar::<u32>()
-                .unwrap(),
-        );
+        let logits = m.forward(Input::Ids(&row(&seq)), None).unwrap();
+        let last = logits.i((0, seq.len() - 1)).unwrap();
+        seq.push(last.argmax(0).unwrap().to_scalar::<u32>().unwrap());
     }
     assert_eq!(generated, seq[prompt.len()..]);
     // A stop token ends generation and is included.
     let stop = generated[2];
     let first = generated.iter().position(|&t| t == stop).unwrap();
     let cut = m
-        .generate_greedy(
-            Input::Ids(
-                &Tensor::new(prompt.as_slice(), &Device::Cpu)
-                    .unwrap()
-                    .unsqueeze(0)
-                    .unwrap(),
-            ),
-            8,
-            |t| t == stop,
-        )
+        .generate_greedy(Input::Ids(&row(&prompt)), 8, |t| t == stop)
         .unwrap();
     assert_eq!(cut, generated[..=first]);
 }

@@ -28,6 +28,18 @@ fn inputs() -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture().join("inputs.safetensors"), &Device::Cpu).unwrap()
 }
 
+/// The fixture's training loss (`train.input_ids`, `train.labels`).
+fn fixture_loss(m: &Qwen3) -> Tensor {
+    let inp = inputs();
+    m.loss(
+        Input::Ids(&inp["train.input_ids"]),
+        None,
+        &inp["train.labels"],
+        true,
+    )
+    .unwrap()
+}
+
 fn assert_only(grads: &GradStore, vars: &[Var]) {
     let stored: HashSet<TensorId> = grads.get_ids().copied().collect();
     let wanted: HashSet<TensorId> = vars.iter().map(|v| v.as_tensor().id()).collect();
@@ -52,30 +64,15 @@ fn peft_adapter_on_qkvo_gets_the_only_gradients() {
         let mut m = model(dtype);
         let lora = Lora::load(&fixture().join("lora"), m.config(), &Device::Cpu).unwrap();
         lora.attach(&mut m).unwrap();
-        let inp = inputs();
-        let loss = m
-            .loss(
-                Input::Ids(&inp["train.input_ids"]),
-                None,
-                &inp["train.labels"],
-                true,
-            )
-            .unwrap();
+        let loss = fixture_loss(&m);
         let grads = loss.backward().unwrap();
         let vars: Vec<Var> = lora.vars().into_iter().map(|(_, v)| v).collect();
         assert_eq!(vars.len(), 16);
         assert_only(&grads, &vars);
         // Non-zero everywhere: B was trained, so every A and B receives signal.
         for v in &vars {
-            let n = grads
-                .get(v.as_tensor())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let g = grads.get(v.as_tensor()).unwrap();
+            let n: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
             assert!(n > 0.0, "{dtype:?}: zero gradient");
         }
     }
@@ -144,15 +141,7 @@ fn plain_matmul_mode_stores_frozen_weight_gradients() {
     m.set_sparing_grads(false);
     let lora = Lora::load(&fixture().join("lora"), m.config(), &Device::Cpu).unwrap();
     lora.attach(&mut m).unwrap();
-    let inp = inputs();
-    let loss = m
-        .loss(
-            Input::Ids(&inp["train.input_ids"]),
-            None,
-            &inp["train.labels"],
-            true,
-        )
-        .unwrap();
+    let loss = fixture_loss(&m);
     let grads = loss.backward().unwrap();
     // Frozen weights downstream of the first adapter now receive gradients: layer 0's o_proj and
     // MLP (the q/k/v inputs of layer 0 do not depend on any variable) and all 7 of layer 1.
