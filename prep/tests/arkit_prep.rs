@@ -477,3 +477,87 @@ fn help_and_bad_roots() {
         "{stderr}"
     );
 }
+
+/// Damage that synth does not inject: an empty `.traj`, an undecodable colour PNG, a missing
+/// `.pincam`, a video without a metadata row. Each is a reject naming the file and record; the
+/// damaged frames are replaced by others.
+#[test]
+fn other_bad_records_are_rejects() {
+    let tmp = synth(&config(false));
+    let root = tmp.path().join("raw/arkitscenes");
+    let truth = truth(&tmp.path().join("raw"));
+    let scenes = truth["scenes"].as_array().unwrap();
+    let frames_dir = |i: usize| {
+        let (video, fold) = (
+            scenes[i]["video_id"].as_str().unwrap(),
+            scenes[i]["arkit"]["fold"].as_str().unwrap(),
+        );
+        root.join("3dod").join(fold).join(video).join(format!("{video}_frames"))
+    };
+    let stamp = |i: usize, f: usize| {
+        scenes[i]["arkit"]["frames"][f]["timestamp"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let video = |i: usize| scenes[i]["video_id"].as_str().unwrap().to_string();
+    // Video 0: no poses at all.
+    std::fs::write(frames_dir(0).join("lowres_wide.traj"), "").unwrap();
+    // Video 1: frame 0 colour is not a PNG, frame 1 has no intrinsics.
+    std::fs::write(
+        frames_dir(1).join(format!("lowres_wide/{}_{}.png", video(1), stamp(1, 0))),
+        b"not a png",
+    )
+    .unwrap();
+    std::fs::remove_file(frames_dir(1).join(format!("lowres_wide_intrinsics/{}_{}.pincam", video(1), stamp(1, 1))))
+        .unwrap();
+    // Video 2: no metadata row.
+    let metadata = std::fs::read_to_string(root.join("3dod/metadata.csv")).unwrap();
+    let kept: Vec<&str> = metadata.lines().filter(|l| !l.starts_with(&video(2))).collect();
+    std::fs::write(root.join("3dod/metadata.csv"), kept.join("\n") + "\n").unwrap();
+
+    let out = tmp.path().join("out");
+    let res = prep(&root, &out, &["--view-selection", "uniform"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let rel = |p: PathBuf| {
+        p.strip_prefix(tmp.path().join("raw"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let expected = vec![
+        (
+            rel(frames_dir(0).join("lowres_wide.traj")),
+            "whole file".to_string(),
+            format!("video {} not used: no poses", video(0)),
+        ),
+        (
+            rel(frames_dir(1).join(format!("lowres_wide/{}_{}.png", video(1), stamp(1, 0)))),
+            format!("frame {}", stamp(1, 0)),
+            "cannot decode PNG colour: Format error decoding Png: Invalid PNG signature.".to_string(),
+        ),
+        (
+            rel(frames_dir(1).join(format!("lowres_wide/{}_{}.png", video(1), stamp(1, 1)))),
+            format!("frame {}", stamp(1, 1)),
+            "no .pincam within ±0.001 s in lowres_wide_intrinsics".to_string(),
+        ),
+        (
+            "arkitscenes/3dod/metadata.csv".to_string(),
+            video(2),
+            "no metadata.csv row for this video; images are kept as stored".to_string(),
+        ),
+    ];
+    let mut found = rejects(&out);
+    found.sort();
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(found, expected);
+    let dataset = Dataset::open(&out).unwrap();
+    assert_eq!(dataset.manifest().counts.scenes, 3);
+    let damaged = dataset.scene_by_id(&video(1)).unwrap().unwrap();
+    assert_eq!(damaged.views.len(), 10, "other frames replace the damaged ones");
+    assert!(damaged
+        .views
+        .iter()
+        .all(|v| v.frame_id != stamp(1, 0) && v.frame_id != stamp(1, 1)));
+}
