@@ -24,6 +24,25 @@ use crate::shard::{DatasetWriter, SampleRecord, SceneRecord, WriterOptions};
 /// Most views a scene may keep.
 pub const MAX_VIEWS: u32 = 32;
 
+/// A dataset split (ScanQA and SQA3D both have these three).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    Train,
+    Val,
+    Test,
+}
+
+impl Split {
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        }
+    }
+}
+
 /// How views are chosen (`--view-selection`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ViewSelectionArg {

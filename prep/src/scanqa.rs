@@ -15,35 +15,21 @@ use crate::shard::SampleRecord;
 /// The task name of ScanQA samples.
 pub const TASK: &str = "scanqa";
 
-/// A split of ScanQA and its file name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Split {
-    Train,
-    Val,
-    /// `ScanQA_v1.0_test_w_obj.json` (questions only; answers are on the evaluation server).
-    Test,
+pub use crate::pipeline::Split;
+
+/// The file of a split: `ScanQA_v1.0_{train,val,test_w_obj}.json` (the test file has questions
+/// only; answers are on the evaluation server).
+pub fn file_name(split: Split) -> &'static str {
+    match split {
+        Split::Train => "ScanQA_v1.0_train.json",
+        Split::Val => "ScanQA_v1.0_val.json",
+        Split::Test => "ScanQA_v1.0_test_w_obj.json",
+    }
 }
 
-impl Split {
-    pub fn name(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Val => "val",
-            Split::Test => "test",
-        }
-    }
-    pub fn file_name(self) -> &'static str {
-        match self {
-            Split::Train => "ScanQA_v1.0_train.json",
-            Split::Val => "ScanQA_v1.0_val.json",
-            Split::Test => "ScanQA_v1.0_test_w_obj.json",
-        }
-    }
-    /// Whether records must carry answers.
-    pub fn has_answers(self) -> bool {
-        !matches!(self, Split::Test)
-    }
+/// Whether a split's records must carry answers.
+pub fn has_answers(split: Split) -> bool {
+    !matches!(split, Split::Test)
 }
 
 /// One ScanQA question as read.
@@ -182,7 +168,7 @@ fn parse_record(value: serde_json::Value, split: Split) -> Result<ScanQaQuestion
         return Err("question is empty".into());
     }
     let answers = raw.answers.unwrap_or_default();
-    if split.has_answers() && answers.is_empty() {
+    if has_answers(split) && answers.is_empty() {
         return Err(format!(
             "the {} split needs at least one answer, found none",
             split.name()

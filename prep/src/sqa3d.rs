@@ -20,31 +20,16 @@ use crate::shard::{AgentPose, SampleRecord};
 /// The task name of SQA3D samples.
 pub const TASK: &str = "sqa3d";
 
-/// A split of SQA3D.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Split {
-    Train,
-    Val,
-    Test,
+pub use crate::pipeline::Split;
+
+/// `balanced/v1_balanced_questions_<split>_scannetv2.json`, relative to the SQA3D root.
+pub fn questions_file(split: Split) -> String {
+    format!("balanced/v1_balanced_questions_{}_scannetv2.json", split.name())
 }
 
-impl Split {
-    pub fn name(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Val => "val",
-            Split::Test => "test",
-        }
-    }
-    /// `balanced/v1_balanced_questions_<split>_scannetv2.json`, relative to the SQA3D root.
-    pub fn questions_file(self) -> String {
-        format!("balanced/v1_balanced_questions_{}_scannetv2.json", self.name())
-    }
-    /// `balanced/v1_balanced_sqa_annotations_<split>_scannetv2.json`, relative to the SQA3D root.
-    pub fn annotations_file(self) -> String {
-        format!("balanced/v1_balanced_sqa_annotations_{}_scannetv2.json", self.name())
-    }
+/// `balanced/v1_balanced_sqa_annotations_<split>_scannetv2.json`, relative to the SQA3D root.
+pub fn annotations_file(split: Split) -> String {
+    format!("balanced/v1_balanced_sqa_annotations_{}_scannetv2.json", split.name())
 }
 
 /// `bird/<scene>_bird.png`, relative to the SQA3D root.

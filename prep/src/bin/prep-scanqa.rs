@@ -15,7 +15,7 @@ use roomplan_prep::pipeline::{
 };
 use roomplan_prep::rejects::{strict_exit, Reject, REJECTS_FILE};
 use roomplan_prep::scannet::{missing_scan_reason, prepare_scene, scan_exists};
-use roomplan_prep::scanqa::{parse_split, ScanQaQuestion, Split};
+use roomplan_prep::scanqa::{file_name, parse_split, ScanQaQuestion, Split};
 
 const TOOL: &str = "prep-scanqa";
 
@@ -59,7 +59,7 @@ fn run(args: Args) -> Result<ExitCode> {
     splits.dedup();
     let files: Vec<(Split, PathBuf)> = splits
         .iter()
-        .map(|&s| Ok((s, scanqa.require(s.file_name())?)))
+        .map(|&s| Ok((s, scanqa.require(file_name(s))?)))
         .collect::<Result<_>>()?;
 
     let mut prelude = Prelude::default();

@@ -16,7 +16,7 @@ use roomplan_prep::pipeline::{
 use roomplan_prep::rejects::{strict_exit, Reject, REJECTS_FILE};
 use roomplan_prep::scannet::{missing_scan_reason, prepare_scene, read_ply_bounds_hashed, scan_exists, SceneFailure};
 use roomplan_prep::shard::{ViewRecord, ENCODING_PNG};
-use roomplan_prep::sqa3d::{bird_file, join_split, Split, Sqa3dQuestion};
+use roomplan_prep::sqa3d::{annotations_file, bird_file, join_split, questions_file, Split, Sqa3dQuestion};
 
 const TOOL: &str = "prep-sqa3d";
 
@@ -87,8 +87,8 @@ fn run(args: Args) -> Result<ExitCode> {
         .map(|&s| {
             Ok((
                 s,
-                sqa3d.require(&s.questions_file())?,
-                sqa3d.require(&s.annotations_file())?,
+                sqa3d.require(&questions_file(s))?,
+                sqa3d.require(&annotations_file(s))?,
             ))
         })
         .collect::<Result<_>>()?;
