@@ -133,12 +133,12 @@ pub struct Manifest {
 
 #[derive(Debug, Error)]
 pub enum ManifestError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("{path}: not a valid manifest: {source}")]
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
+    #[error("{path}: not a valid manifest: {cause}")]
     Parse {
         path: PathBuf,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     #[error("{path}: schema version {found}, this build reads version {expected}")]
     SchemaVersion {
@@ -155,9 +155,9 @@ pub enum ManifestError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ManifestError + '_ {
-    move |source| ManifestError::Io {
+    move |cause| ManifestError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -183,9 +183,9 @@ impl Manifest {
         let path = dir.join(MANIFEST_FILE);
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
         let manifest: Manifest =
-            serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse {
+            serde_json::from_slice(&bytes).map_err(|cause| ManifestError::Parse {
                 path: path.clone(),
-                source,
+                cause,
             })?;
         if manifest.schema_version != SCHEMA_VERSION {
             return Err(ManifestError::SchemaVersion {

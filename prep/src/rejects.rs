@@ -117,16 +117,24 @@ impl RejectLog {
     }
 }
 
+/// The message of a `--strict` run that had rejects, `None` when the run may succeed.
+pub fn strict_violation(rejects: u64, strict: bool, rejects_path: &Path) -> Option<String> {
+    (strict && rejects > 0).then(|| {
+        format!(
+            "{rejects} record(s) rejected (--strict); see {}",
+            rejects_path.display()
+        )
+    })
+}
+
 /// The exit of a prep binary after a finished run: success, unless `strict` and there were rejects,
 /// in which case it says so on stderr and exits with [`STRICT_REJECTS_EXIT`].
 pub fn strict_exit(rejects: u64, strict: bool, rejects_path: &Path) -> ExitCode {
-    if strict && rejects > 0 {
-        eprintln!(
-            "error: {rejects} record(s) rejected (--strict); see {}",
-            rejects_path.display()
-        );
-        ExitCode::from(STRICT_REJECTS_EXIT)
-    } else {
-        ExitCode::SUCCESS
+    match strict_violation(rejects, strict, rejects_path) {
+        Some(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(STRICT_REJECTS_EXIT)
+        }
+        None => ExitCode::SUCCESS,
     }
 }

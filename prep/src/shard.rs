@@ -288,10 +288,10 @@ impl SampleRecord {
 
 #[derive(Debug, Error)]
 pub enum ShardError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("{path}: {source}")]
-    Arrow { path: PathBuf, source: ArrowError },
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
+    #[error("{path}: {cause}")]
+    Arrow { path: PathBuf, cause: ArrowError },
     #[error("{path}: {detail}")]
     Format { path: PathBuf, detail: String },
     #[error("invalid record: {0}")]
@@ -303,16 +303,16 @@ pub enum ShardError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ShardError + '_ {
-    move |source| ShardError::Io {
+    move |cause| ShardError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
 fn arrow_err(path: &Path) -> impl FnOnce(ArrowError) -> ShardError + '_ {
-    move |source| ShardError::Arrow {
+    move |cause| ShardError::Arrow {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -1059,7 +1059,7 @@ impl<R: TableRecord> TableWriter<R> {
         sink.flush().map_err(io_err(&tmp))?;
         let file = sink.inner.into_inner().map_err(|e| ShardError::Io {
             path: tmp.clone(),
-            source: e.into_error(),
+            cause: e.into_error(),
         })?;
         shard.guard.commit(file).map_err(io_err(&tmp))?;
         self.files.push(FileEntry {
@@ -1734,7 +1734,10 @@ pub fn merge_datasets(out: &Path, parts: &[PathBuf]) -> Result<(Manifest, String
             )));
         }
         let dataset = Dataset::open(dir)?;
-        for id in dataset.scene_rows.keys() {
+        // Sorted, so that the error names the same scene on every run.
+        let mut ids: Vec<&String> = dataset.scene_rows.keys().collect();
+        ids.sort();
+        for id in ids {
             if let Some(other) = scene_owner.insert(id.clone(), dir.clone()) {
                 return Err(ShardError::Dataset(format!(
                     "scene {id} is in both {} and {}",

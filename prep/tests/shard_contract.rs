@@ -542,7 +542,13 @@ fn parts_merge_into_one_dataset() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.starts_with("scene scene0000_00 is in both"), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "scene scene0000_00 is in both {0} and {0}",
+            parts[0].display()
+        )
+    );
 }
 
 #[test]
@@ -639,4 +645,36 @@ fn example_dataset_for_interop() {
         },
     );
     assert!(verify_dataset(&dir).unwrap().ok());
+}
+
+#[test]
+fn rejects_are_sorted_parsed_back_and_drive_strict() {
+    use roomplan_prep::rejects::{strict_violation, Reject, RejectLog};
+    let mut log = RejectLog::new();
+    log.push(Reject::new("b.json", "q2", "bad"));
+    log.push(Reject::new("a.json", "q9", "worse"));
+    log.push(Reject::new("a.json", "q10", "bad"));
+    let bytes = log.to_jsonl();
+    assert_eq!(
+        String::from_utf8(bytes.clone()).unwrap(),
+        "{\"file\":\"a.json\",\"record\":\"q10\",\"reason\":\"bad\"}\n\
+         {\"file\":\"a.json\",\"record\":\"q9\",\"reason\":\"worse\"}\n\
+         {\"file\":\"b.json\",\"record\":\"q2\",\"reason\":\"bad\"}\n"
+    );
+    assert_eq!(
+        RejectLog::from_jsonl(&bytes).unwrap().sorted(),
+        log.sorted()
+    );
+    let err = RejectLog::from_jsonl(
+        b"{\"file\":\"a\",\"record\":\"r\",\"reason\":\"x\"}\n{\"file\":1}\n",
+    )
+    .unwrap_err();
+    assert!(err.starts_with("line 2: "), "{err}");
+    let path = Path::new("out/rejects.jsonl");
+    assert_eq!(
+        strict_violation(3, true, path).as_deref(),
+        Some("3 record(s) rejected (--strict); see out/rejects.jsonl")
+    );
+    assert_eq!(strict_violation(3, false, path), None);
+    assert_eq!(strict_violation(0, true, path), None);
 }
