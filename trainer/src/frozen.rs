@@ -178,7 +178,7 @@ pub fn broadcast_matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     let b = b.broadcast_as(batch.extend(&bd[bd.len() - 2..]))?;
     // candle's matmul kernels need each matrix laid out densely; broadcast batch strides are 0.
     let dense = |t: Tensor| {
-        if t.stride().iter().any(|&s| s == 0) {
+        if t.stride().contains(&0) {
             t.contiguous()
         } else {
             Ok(t)

@@ -105,13 +105,15 @@ impl Config {
         ensure!(
             self.num_attention_heads > 0
                 && self.num_key_value_heads > 0
-                && self.num_attention_heads % self.num_key_value_heads == 0,
+                && self
+                    .num_attention_heads
+                    .is_multiple_of(self.num_key_value_heads),
             "num_attention_heads {} is not a multiple of num_key_value_heads {}",
             self.num_attention_heads,
             self.num_key_value_heads
         );
         ensure!(
-            self.head_dim() % 2 == 0,
+            self.head_dim().is_multiple_of(2),
             "head_dim {} is odd (RoPE needs pairs)",
             self.head_dim()
         );
@@ -698,7 +700,7 @@ impl Qwen3 {
             .collect();
         let pass = Pass {
             rope: self.rope(&positions)?,
-            bias: self.attention_bias(&valid, &valid, 0)?,
+            bias: self.attention_bias(t, &valid, 0)?,
             mode: Mode {
                 train: opts.train,
                 sparing: self.sparing,
@@ -788,7 +790,7 @@ impl Qwen3 {
         }
         let pass = Pass {
             rope: self.rope(&positions)?,
-            bias: self.attention_bias(&new_valid, &cache.key_valid, past)?,
+            bias: self.attention_bias(t, &cache.key_valid, past)?,
             mode: Mode {
                 train: false,
                 sparing: self.sparing,
@@ -852,21 +854,15 @@ impl Qwen3 {
     /// Additive attention bias `[B, 1, T_q, T_k]`: query i (at index `offset + i` among the keys)
     /// sees key j when j ≤ offset + i and key j is a real token. A padding query always sees itself,
     /// so no row is entirely masked (its output is unused but stays finite).
-    fn attention_bias(
-        &self,
-        query_valid: &[Vec<bool>],
-        key_valid: &[Vec<bool>],
-        offset: usize,
-    ) -> Result<Tensor> {
-        let b = query_valid.len();
-        let tq = query_valid.first().map_or(0, Vec::len);
+    fn attention_bias(&self, tq: usize, key_valid: &[Vec<bool>], offset: usize) -> Result<Tensor> {
+        let b = key_valid.len();
         let tk = key_valid.first().map_or(0, Vec::len);
         let mut bias = Vec::with_capacity(b * tq * tk);
-        for row in 0..b {
+        for keys in key_valid {
             for i in 0..tq {
                 let qi = offset + i;
-                for j in 0..tk {
-                    let visible = (j <= qi && key_valid[row][j]) || j == qi;
+                for (j, &valid) in keys.iter().enumerate() {
+                    let visible = (j <= qi && valid) || j == qi;
                     bias.push(if visible { 0f32 } else { f32::NEG_INFINITY });
                 }
             }
