@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use roomplan_trainer::parity::ParityReport;
 use roomplan_trainer::parity_qwen3;
+use roomplan_trainer::parity_vggt;
 
 #[derive(clap::Args)]
 pub struct ParityArgs {
@@ -20,11 +21,18 @@ struct Kind {
     run: fn(&Path) -> Result<ParityReport>,
 }
 
-const KINDS: &[Kind] = &[Kind {
-    name: "qwen3",
-    detect: parity_qwen3::is_fixture,
-    run: parity_qwen3::run,
-}];
+const KINDS: &[Kind] = &[
+    Kind {
+        name: "qwen3",
+        detect: parity_qwen3::is_fixture,
+        run: parity_qwen3::run,
+    },
+    Kind {
+        name: "vggt",
+        detect: parity_vggt::is_fixture,
+        run: parity_vggt::run,
+    },
+];
 
 pub fn run(args: ParityArgs) -> Result<ExitCode> {
     let report = check(&args.folder)?;
@@ -109,11 +117,21 @@ mod tests {
     }
 
     #[test]
+    fn shared_vggt_fixtures_pass() {
+        for variant in ["conv", "dinov2"] {
+            let report = check(&shared_dir().join("parity").join("vggt").join(variant)).unwrap();
+            assert_eq!(report.kind, "vggt");
+            assert!(report.passed(), "{report}");
+            assert!(report.get("weights.pt vs weights.safetensors").is_some());
+        }
+    }
+
+    #[test]
     fn unknown_folder_kind_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();
         let err = check(tmp.path()).unwrap_err().to_string();
         assert!(
-            err.contains("is not a parity fixture of a known kind (qwen3)"),
+            err.contains("is not a parity fixture of a known kind (qwen3, vggt)"),
             "{err}"
         );
     }
