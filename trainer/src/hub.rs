@@ -171,6 +171,23 @@ impl Fetcher {
     }
 }
 
+/// Resolves `source` (folder or hub cache) and loads the Qwen3 model with its frozen weights in
+/// `dtype`, plus its ChatML tokenizer when the source has a `tokenizer.json`.
+pub fn load_qwen3(
+    source: ModelSource,
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+) -> Result<(crate::qwen3::Qwen3, Option<crate::chat::ChatTokenizer>)> {
+    let files = Fetcher::new(source)?.model_files()?;
+    let model = crate::qwen3::Qwen3::load(&files.config, &files.weights, dtype, device)?;
+    let tokenizer = files
+        .tokenizer
+        .as_deref()
+        .map(crate::chat::ChatTokenizer::from_file)
+        .transpose()?;
+    Ok((model, tokenizer))
+}
+
 /// Shard file names of a `model.safetensors.index.json`, in first-appearance order, deduplicated.
 pub fn shard_names(index: &Path) -> Result<Vec<String>> {
     let text =
@@ -379,6 +396,50 @@ mod tests {
             .unwrap();
         assert_eq!(files.weights, vec![tmp.path().join(SINGLE_WEIGHTS)]);
         assert_eq!(files.tokenizer, Some(tmp.path().join(TOKENIZER)));
+    }
+
+    #[test]
+    fn loads_the_parity_model_from_a_cache_snapshot_with_a_tokenizer() {
+        let base = crate::parity::shared_dir()
+            .join("parity")
+            .join("qwen3")
+            .join("base");
+        let tokenizer = crate::chat::tiny_tokenizer_json(&[]).unwrap();
+        let config = std::fs::read_to_string(base.join(CONFIG)).unwrap();
+        let weights = std::fs::read(base.join(SINGLE_WEIGHTS)).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("models--Org--Tiny");
+        let snap = repo.join("snapshots").join(COMMIT);
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs").join("main"), COMMIT).unwrap();
+        std::fs::write(snap.join(CONFIG), config).unwrap();
+        std::fs::write(snap.join(SINGLE_WEIGHTS), weights).unwrap();
+        std::fs::write(snap.join(TOKENIZER), tokenizer).unwrap();
+        let files = Fetcher::new(hub("main"))
+            .unwrap()
+            .with_cache(tmp.path().into())
+            .with_offline(true);
+        let files = files.model_files().unwrap();
+        let model = crate::qwen3::Qwen3::load(
+            &files.config,
+            &files.weights,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(model.config().num_hidden_layers, 2);
+        let tok = crate::chat::ChatTokenizer::from_file(files.tokenizer.as_ref().unwrap()).unwrap();
+        assert_eq!(tok.im_end_id(), 258);
+        // The shared folder itself has no tokenizer.json.
+        let (m, t) = load_qwen3(
+            ModelSource::Local(base),
+            candle_core::DType::BF16,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(m.weight_dtype(), candle_core::DType::BF16);
+        assert!(t.is_none());
     }
 
     #[test]
