@@ -52,5 +52,23 @@ fn shared_fixture_passes_every_check() {
         gate(&format!("{tag}/padded batch vs rows alone"), 5e-5);
     }
     gate("lora/adapter re-save round trip", 0.0);
+    // bf16 frozen weights + f32 LoRA against the f32 references: logits, loss, logits of the
+    // training input, loss from logits, and the 16 gradients, each within its bound.
+    let bf16: Vec<_> = report
+        .checks
+        .iter()
+        .filter(|c| c.name.starts_with("bf16/"))
+        .collect();
+    assert_eq!(bf16.len(), 4 + 16);
+    for c in bf16 {
+        assert!(
+            c.passed() && c.max_abs_diff > 0.0,
+            "{}: {} (bound {})",
+            c.name,
+            c.max_abs_diff,
+            c.tolerance
+        );
+    }
+    assert!(report.get("bf16/lora logits").unwrap().tolerance <= 0.15);
     assert!(report.passed(), "{report}");
 }
