@@ -331,17 +331,22 @@ fn nulls(valid: impl IntoIterator<Item = bool>) -> Option<NullBuffer> {
     valid.iter().any(|v| !v).then(|| NullBuffer::from(valid))
 }
 
+fn fixed(values: ArrayRef, size: i32, valid: Option<NullBuffer>) -> Result<ArrayRef, ArrowError> {
+    let data_type = values.data_type().clone();
+    Ok(Arc::new(FixedSizeListArray::try_new(
+        item(data_type),
+        size,
+        values,
+        valid,
+    )?))
+}
+
 fn fixed_f32(
     values: Vec<f32>,
     size: i32,
     valid: Option<NullBuffer>,
 ) -> Result<ArrayRef, ArrowError> {
-    Ok(Arc::new(FixedSizeListArray::try_new(
-        item(DataType::Float32),
-        size,
-        Arc::new(Float32Array::from(values)),
-        valid,
-    )?))
+    fixed(Arc::new(Float32Array::from(values)), size, valid)
 }
 
 fn fixed_f64(
@@ -349,12 +354,7 @@ fn fixed_f64(
     size: i32,
     valid: Option<NullBuffer>,
 ) -> Result<ArrayRef, ArrowError> {
-    Ok(Arc::new(FixedSizeListArray::try_new(
-        item(DataType::Float64),
-        size,
-        Arc::new(Float64Array::from(values)),
-        valid,
-    )?))
+    fixed(Arc::new(Float64Array::from(values)), size, valid)
 }
 
 fn list_of(
