@@ -39,6 +39,15 @@ fn small_files() -> WriterOptions {
 }
 
 fn write_example(dir: &Path, options: WriterOptions) -> (Manifest, String) {
+    write_example_with_raw(dir, options, dir.parent().unwrap())
+}
+
+/// The example dataset, with raw inputs made up under `raw_root`.
+fn write_example_with_raw(
+    dir: &Path,
+    options: WriterOptions,
+    raw_root: &Path,
+) -> (Manifest, String) {
     let (scenes, samples, rejects) = example_records();
     let mut writer = DatasetWriter::create(dir, options).unwrap();
     for scene in scenes {
@@ -50,7 +59,7 @@ fn write_example(dir: &Path, options: WriterOptions) -> (Manifest, String) {
     for reject in rejects.into_iter().rev() {
         writer.reject(reject);
     }
-    let inputs = raw_inputs(dir.parent().unwrap());
+    let inputs = raw_inputs(raw_root);
     writer.finish(tool(), inputs).unwrap()
 }
 
@@ -637,13 +646,11 @@ fn example_dataset_for_interop() {
     let dir = std::env::var_os("ROOMPLAN_SHARD_EXAMPLE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| tmp.path().join("example"));
-    write_example(
-        &dir,
-        WriterOptions {
-            replace_existing: true,
-            ..small_files()
-        },
-    );
+    let options = WriterOptions {
+        replace_existing: true,
+        ..small_files()
+    };
+    write_example_with_raw(&dir, options, tmp.path());
     assert!(verify_dataset(&dir).unwrap().ok());
 }
 
