@@ -770,13 +770,28 @@ impl DepthBins {
             .collect()
     }
 
-    /// The bin of a valid depth (`count ≥ 1`, `max_m > min_m`).
+    /// Check what command-line arguments can get wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.count == 0
+            || !(self.max_m > self.min_m)
+            || !self.min_m.is_finite()
+            || !self.max_m.is_finite()
+        {
+            return Err(format!(
+                "depth bins need at least one bin and a finite range with max > min; got {} bins over {}–{} m",
+                self.count, self.min_m, self.max_m
+            ));
+        }
+        Ok(())
+    }
+
+    /// The bin of a valid depth (for valid bins, see [`DepthBins::validate`]; never out of range).
     pub fn bin(&self, depth_m: f64) -> usize {
         let f = (depth_m - self.min_m) / (self.max_m - self.min_m) * self.count as f64;
-        if f <= 0.0 {
+        if f.is_nan() || f <= 0.0 {
             0
         } else {
-            (f as usize).min(self.count - 1)
+            (f as usize).min(self.count.saturating_sub(1))
         }
     }
 }
@@ -788,9 +803,10 @@ pub struct DepthStats {
     pub valid_fraction: f32,
 }
 
-/// Histogram of valid depths over fixed bins: sums to 1 when any pixel is valid, all zeros otherwise.
+/// Histogram of valid depths over fixed bins: sums to 1 when any pixel is valid, all zeros otherwise
+/// (empty with zero bins).
 pub fn depth_histogram(depth: &DepthMap, bins: &DepthBins) -> DepthStats {
-    let mut counts = vec![0u64; bins.count];
+    let mut counts = vec![0u64; bins.count.max(1)];
     let mut valid = 0u64;
     for &raw in depth.values {
         if raw != 0 {
@@ -799,6 +815,7 @@ pub fn depth_histogram(depth: &DepthMap, bins: &DepthBins) -> DepthStats {
         }
     }
     let total = depth.values.len() as u64;
+    counts.truncate(bins.count);
     let histogram = counts
         .iter()
         .map(|&c| {

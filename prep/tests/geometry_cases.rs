@@ -451,3 +451,33 @@ fn jpeg_encoding_is_deterministic() {
     let decoded = image::load_from_memory(&a).unwrap();
     assert_eq!((decoded.width(), decoded.height()), (40, 30));
 }
+
+#[test]
+fn bad_depth_bins_are_an_error_not_a_panic() {
+    assert!(DepthBins::default().validate().is_ok());
+    let zero = DepthBins {
+        count: 0,
+        min_m: 0.0,
+        max_m: 10.0,
+    };
+    assert_eq!(zero.validate().unwrap_err(), "depth bins need at least one bin and a finite range with max > min; got 0 bins over 0–10 m");
+    assert!(DepthBins {
+        count: 4,
+        min_m: 3.0,
+        max_m: 3.0
+    }
+    .validate()
+    .is_err());
+    // Even unvalidated, histograms stay in range instead of panicking.
+    let depth = DepthMap::new(2, 1, &[1000, 2000], 0.001).unwrap();
+    assert_eq!(depth_histogram(&depth, &zero).histogram, Vec::<f32>::new());
+    let flat = DepthBins {
+        count: 4,
+        min_m: 3.0,
+        max_m: 3.0,
+    };
+    assert_eq!(
+        depth_histogram(&depth, &flat).histogram,
+        vec![1.0, 0.0, 0.0, 0.0]
+    );
+}
