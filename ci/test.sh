@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run): Rust tests (unit, golden snapshots, property tests,
-# parity against ../shared/parity), the parity tool on the shared fixtures, the pyarrow interop check
-# and the flake evaluation. Runs on a clean clone with ../shared beside it.
+# parity against ../shared/parity), the parity tool on the shared fixtures, an end-to-end run
+# synth → prep-* → tools shard verify read back by pyarrow, and the flake evaluation.
+# Runs on a clean clone with ../shared beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export INSTA_UPDATE=no CARGO_TERM_COLOR=never
@@ -15,6 +16,31 @@ bash ci/install.sh
 
 step "cargo test (workspace)"
 cargo test --workspace --locked
+
+step "binaries"
+cargo build --locked -p roomplan-synth -p roomplan-prep -p roomplan-tools
+bin="${CARGO_TARGET_DIR:-target}/debug"
+
+step "tools parity on the shared fixtures"
+for fixture in qwen3 vggt/conv vggt/dinov2; do
+  "$bin/tools" parity "$ROOMPLAN_SHARED/parity/$fixture"
+done
+
+step "end to end: synth (with faults) → prep-scanqa, prep-sqa3d, prep-arkit → verify → pyarrow"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$bin/synth" --out "$work/raw" --scenes 3 --frames 16 --faults --scannet-format both
+"$bin/prep-scanqa" --scannet "$work/raw/scannet" --scanqa "$work/raw/scanqa" --out "$work/shards/scanqa"
+"$bin/prep-sqa3d" --scannet "$work/raw/scannet" --sqa3d "$work/raw/sqa3d" --bev --out "$work/shards/sqa3d"
+"$bin/prep-arkit" --arkitscenes "$work/raw/arkitscenes" --out "$work/shards/arkit"
+for d in scanqa sqa3d arkit; do
+  "$bin/tools" shard verify "$work/shards/$d"
+  [ -s "$work/shards/$d/rejects.jsonl" ] || { echo "error: $d: the injected faults produced no rejects"; exit 1; }
+done
+if "$bin/prep-scanqa" --scannet "$work/raw/scannet" --scanqa "$work/raw/scanqa" --out "$work/shards/strict" --strict; then
+  echo "error: prep-scanqa --strict exited 0 on a set with faults"; exit 1
+fi
+python3 ci/pyarrow_check.py "$work/shards/scanqa" "$work/shards/sqa3d" "$work/shards/arkit"
 
 step "flake evaluation"
 bash ci/flake_check.sh

@@ -1,7 +1,7 @@
 //! Times the VGGT aggregator forward pass on CPU for a folder laid out like
 //! `shared/parity/vggt/<variant>` (config.json, weights.safetensors, case_*.safetensors), so the
 //! very weights and input the official PyTorch implementation was timed on
-//! (`scripts/bench_vggt_aggregator.py` writes such a folder and runs this).
+//! (`tools/bench/bench_vggt_aggregator.py` writes such a folder and runs this).
 //!
 //! `cargo run --release -p roomplan-trainer --example bench_vggt -- <folder> [--runs N]`
 //! Prints one JSON line: median / min milliseconds per forward and per view, and the max abs

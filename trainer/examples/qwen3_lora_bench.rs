@@ -4,7 +4,7 @@
 //!
 //! Run by hand, one mode per process so that peak memory (VmHWM) is per mode:
 //!   cargo run --release -p roomplan-trainer --example qwen3_lora_bench -- [--plain] [--steps N]
-//! scripts/bench_qwen3_lora.py runs the same architecture in PyTorch (transformers + peft).
+//! tools/bench/bench_qwen3_lora.py runs the same architecture in PyTorch (transformers + peft).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -18,7 +18,7 @@ use roomplan_trainer::qwen3::{
     projection_path, Config, Input, Qwen3, ATTENTION_PROJECTIONS, MLP_PROJECTIONS,
 };
 
-/// The benchmark architecture (also written in scripts/bench_qwen3_lora.py).
+/// The benchmark architecture (also written in tools/bench/bench_qwen3_lora.py).
 const CONFIG: &str = r#"{"vocab_size": 4096, "hidden_size": 256, "intermediate_size": 768,
   "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 32,
   "max_position_embeddings": 4096, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,

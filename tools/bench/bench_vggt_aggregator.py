@@ -3,7 +3,7 @@
 
 Run by hand (needs torch, safetensors, numpy and a release build of the trainer example):
 
-    python3 scripts/bench_vggt_aggregator.py [--threads 2] [--runs 5] [--views 4]
+    python3 tools/bench/bench_vggt_aggregator.py [--threads 2] [--runs 5] [--views 4]
 
 Method
   1. PyTorch side: the official `vggt.models.aggregator.Aggregator` when `import vggt` works
@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 

@@ -7,7 +7,7 @@ q/k/v/o, AdamW lr 1e-4; loss on the second half of each row. Prints the median s
 --steps steps after 2 warm-up steps, and the peak RSS of the process.
 
     pip install torch transformers peft   # CPU build is enough
-    python3 scripts/bench_qwen3_lora.py --steps 10
+    python3 tools/bench/bench_qwen3_lora.py --steps 10
 """
 import argparse
 import resource
