@@ -71,7 +71,7 @@ impl<'a> Prepared<'a> {
             bound2: room
                 .objects
                 .iter()
-                .map(|o| (geom::dot(o.half(), o.half()) * 1.0001 + 1e-9))
+                .map(|o| geom::dot(o.half(), o.half()) * 1.0001 + 1e-9)
                 .collect(),
             walls: room.walls(),
         }
