@@ -317,6 +317,14 @@ pub struct RunSummary {
     pub digest: String,
 }
 
+impl RunSummary {
+    /// The binary's exit code: success, or 3 under `--strict` when anything was rejected.
+    pub fn exit_code(&self, strict: bool) -> std::process::ExitCode {
+        let rejects_path = self.dir.join(crate::rejects::REJECTS_FILE);
+        crate::rejects::strict_exit(self.manifest.counts.rejects, strict, &rejects_path)
+    }
+}
+
 /// Runs `process` over the scenes of this part in parallel and writes the dataset to `out_dir`.
 /// Jobs are sorted by scene id; `process` must be deterministic for byte-identical output.
 pub fn run_scenes<T: Sync>(

@@ -12,7 +12,7 @@ use roomplan_prep::actions::synthesis::SynthesisConfig;
 use roomplan_prep::arkit::{discover_videos, parse_metadata_csv, prepare_video, ArkitOptions, Video, VideoMeta};
 use roomplan_prep::manifest::ToolInfo;
 use roomplan_prep::pipeline::{exit_with, merge_arguments, run_scenes, CommonArgs, InputRoot, Prelude, SceneJob};
-use roomplan_prep::rejects::{strict_exit, Reject, REJECTS_FILE};
+use roomplan_prep::rejects::Reject;
 
 const TOOL: &str = "prep-arkit";
 
@@ -122,11 +122,7 @@ fn run(args: Args) -> Result<ExitCode> {
         prepare_video(&root, video, meta.as_ref(), &options)
     })
     .with_context(|| format!("writing {}", out.display()))?;
-    Ok(strict_exit(
-        summary.manifest.counts.rejects,
-        args.common.strict,
-        &summary.dir.join(REJECTS_FILE),
-    ))
+    Ok(summary.exit_code(args.common.strict))
 }
 
 fn main() -> ExitCode {

@@ -13,7 +13,7 @@ use roomplan_prep::pipeline::{
     exit_with, merge_arguments, reject_ids_across_files, run_scenes, CommonArgs, InputRoot, Prelude, SceneJob,
     SceneOutput,
 };
-use roomplan_prep::rejects::{strict_exit, Reject, REJECTS_FILE};
+use roomplan_prep::rejects::Reject;
 use roomplan_prep::scannet::{missing_scan_reason, prepare_scene, scan_exists};
 use roomplan_prep::scanqa::{file_name, parse_split, ScanQaQuestion, Split};
 
@@ -107,11 +107,7 @@ fn run(args: Args) -> Result<ExitCode> {
         }
     })
     .with_context(|| format!("writing {}", out.display()))?;
-    Ok(strict_exit(
-        summary.manifest.counts.rejects,
-        args.common.strict,
-        &summary.dir.join(REJECTS_FILE),
-    ))
+    Ok(summary.exit_code(args.common.strict))
 }
 
 fn main() -> ExitCode {

@@ -13,7 +13,7 @@ use roomplan_prep::pipeline::{
     exit_with, merge_arguments, raw_input_of_bytes, reject_ids_across_files, run_scenes, CommonArgs, InputRoot,
     Prelude, SceneJob, SceneOutput,
 };
-use roomplan_prep::rejects::{strict_exit, Reject, REJECTS_FILE};
+use roomplan_prep::rejects::Reject;
 use roomplan_prep::scannet::{missing_scan_reason, prepare_scene, read_ply_bounds_hashed, scan_exists, SceneFailure};
 use roomplan_prep::shard::{ViewRecord, ENCODING_PNG};
 use roomplan_prep::sqa3d::{annotations_file, bird_file, join_split, questions_file, Split, Sqa3dQuestion};
@@ -196,11 +196,7 @@ fn run(args: Args) -> Result<ExitCode> {
         }
     })
     .with_context(|| format!("writing {}", out.display()))?;
-    Ok(strict_exit(
-        summary.manifest.counts.rejects,
-        args.common.strict,
-        &summary.dir.join(REJECTS_FILE),
-    ))
+    Ok(summary.exit_code(args.common.strict))
 }
 
 /// Appends the scene's bird's-eye PNG as a view without geometry; a missing or unreadable image is
