@@ -18,7 +18,8 @@ step "cargo test (workspace)"
 cargo test --workspace --locked
 
 step "binaries"
-cargo build --locked -p roomplan-synth -p roomplan-prep -p roomplan-tools
+# --tests keeps the feature set of the test build above, so the binaries are not compiled a second time.
+cargo build --locked --workspace --bins --tests
 bin="${CARGO_TARGET_DIR:-target}/debug"
 
 step "tools parity on the shared fixtures"
