@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use roomplan_prep::roomplan::{CapturedRoom, Confidence, ObjectCategory, SurfaceCategory, Transform};
+use roomplan_prep::roomplan::{
+    CapturedRoom, Confidence, ObjectCategory, SurfaceCategory, Transform,
+};
 use serde_json::Value;
 
 /// The real exports live outside the repository, in the shared fixtures folder
@@ -31,9 +33,25 @@ fn normalize_numbers(v: Value) -> Value {
     match v {
         Value::Number(n) => Value::from(n.as_f64().unwrap()),
         Value::Array(a) => Value::Array(a.into_iter().map(normalize_numbers).collect()),
-        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, normalize_numbers(v))).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| (k, normalize_numbers(v)))
+                .collect(),
+        ),
         other => other,
     }
+}
+
+/// Walls, doors, windows, openings, floors and objects, in that order.
+fn element_counts(room: &CapturedRoom) -> [usize; 6] {
+    [
+        room.walls.len(),
+        room.doors.len(),
+        room.windows.len(),
+        room.openings.len(),
+        room.floors.len(),
+        room.objects.len(),
+    ]
 }
 
 fn assert_close(a: f64, b: f64, tol: f64, what: &str) {
@@ -43,17 +61,7 @@ fn assert_close(a: f64, b: f64, tol: f64, what: &str) {
 #[test]
 fn single_room_known_values() {
     let room = CapturedRoom::read(&fixture("single-room.json")).unwrap();
-    assert_eq!(
-        (
-            room.walls.len(),
-            room.doors.len(),
-            room.windows.len(),
-            room.openings.len(),
-            room.floors.len(),
-            room.objects.len()
-        ),
-        (4, 2, 2, 0, 1, 5)
-    );
+    assert_eq!(element_counts(&room), [4, 2, 2, 0, 1, 5]);
     assert_eq!(room.version, Some(2));
     assert_eq!(room.story, Some(0));
     assert!(room.identifier.is_none());
@@ -62,10 +70,18 @@ fn single_room_known_values() {
     assert_eq!(room.sections[0].label, "livingRoom");
 
     let door = &room.doors[0];
-    assert_eq!(door.category, SurfaceCategory::Door { is_open: Some(false) });
+    assert_eq!(
+        door.category,
+        SurfaceCategory::Door {
+            is_open: Some(false)
+        }
+    );
     assert_eq!(door.confidence, Confidence::Medium);
     assert_eq!(door.dimensions, [1.1345919, 2.046347, 0.0]);
-    assert_eq!(door.transform.translation(), [3.5083256, 5.9843063e-05, 0.05842098]);
+    assert_eq!(
+        door.transform.translation(),
+        [3.5083256, 5.9843063e-05, 0.05842098]
+    );
     assert_eq!(
         door.parent_identifier.as_deref(),
         Some("6EA34F07-D5B2-4045-937C-8D89745F1FA6")
@@ -78,7 +94,10 @@ fn single_room_known_values() {
     assert_eq!(sofa.identifier, "74B1F96D-020B-4469-9F20-5D5DAE6B5B2D");
     assert_eq!(sofa.attributes.as_ref().unwrap()["SofaType"], "rectangular");
     assert_eq!(sofa.transform.column(0), [0.73441005, 0.0, -0.67870605]);
-    assert_eq!(sofa.transform.translation(), [-0.16666663, -0.53158647, -1.2816986]);
+    assert_eq!(
+        sofa.transform.translation(),
+        [-0.16666663, -0.53158647, -1.2816986]
+    );
 
     let floor = &room.floors[0];
     assert_eq!(floor.category, SurfaceCategory::Floor);
@@ -93,25 +112,15 @@ fn single_room_known_values() {
 #[test]
 fn multi_room_known_values() {
     let room = CapturedRoom::read(&fixture("multi-room.json")).unwrap();
-    assert_eq!(
-        (
-            room.walls.len(),
-            room.doors.len(),
-            room.windows.len(),
-            room.openings.len(),
-            room.floors.len(),
-            room.objects.len()
-        ),
-        (20, 4, 4, 0, 1, 13)
-    );
+    assert_eq!(element_counts(&room), [20, 4, 4, 0, 1, 13]);
     let labels: Vec<&str> = room.sections.iter().map(|s| s.label.as_str()).collect();
     assert_eq!(labels, ["bedroom", "bedroom", "bathroom", "unidentified"]);
     let categories: Vec<&str> = room.objects.iter().map(|o| o.category.as_str()).collect();
     assert_eq!(
         categories,
         [
-            "chair", "storage", "table", "table", "storage", "table", "bed", "sink", "toilet", "table", "bed",
-            "storage", "sofa"
+            "chair", "storage", "table", "table", "storage", "table", "bed", "sink", "toilet",
+            "table", "bed", "storage", "sofa"
         ]
     );
     let chair = &room.objects[0];
@@ -120,7 +129,10 @@ fn multi_room_known_values() {
         chair.parent_identifier.as_deref(),
         Some("9B859D33-E365-4968-B8BA-2F9BBE25EF97")
     );
-    assert_eq!(room.objects[4].attributes.as_ref().unwrap()["StorageType"], "shelf");
+    assert_eq!(
+        room.objects[4].attributes.as_ref().unwrap()["StorageType"],
+        "shelf"
+    );
     assert_eq!(room.objects[2].attributes.as_ref().unwrap().len(), 0);
 }
 
@@ -128,7 +140,10 @@ fn multi_room_known_values() {
 /// except the (wall-mounted) sink stands on the floor, so centre.y − height/2 = floor.y.
 #[test]
 fn transforms_are_column_major_and_things_stand_on_the_floor() {
-    for (name, floor_y) in [("single-room.json", -1.0231137), ("multi-room.json", -1.4856825)] {
+    for (name, floor_y) in [
+        ("single-room.json", -1.0231137),
+        ("multi-room.json", -1.4856825),
+    ] {
         let room = CapturedRoom::read(&fixture(name)).unwrap();
         assert_eq!(room.floors[0].transform.translation()[1], floor_y);
         for s in room.surfaces() {
@@ -143,9 +158,17 @@ fn transforms_are_column_major_and_things_stand_on_the_floor() {
             );
             assert_close(w.transform.column(1)[1], 1.0, 1e-6, "wall local y is up");
         }
-        for o in room.objects.iter().filter(|o| o.category != ObjectCategory::Sink) {
+        for o in room
+            .objects
+            .iter()
+            .filter(|o| o.category != ObjectCategory::Sink)
+        {
             o.transform.check_affine().unwrap();
-            let lowest = o.corners().iter().map(|c| c[1]).fold(f64::INFINITY, f64::min);
+            let lowest = o
+                .corners()
+                .iter()
+                .map(|c| c[1])
+                .fold(f64::INFINITY, f64::min);
             assert_close(lowest, floor_y, 1e-3, name);
         }
     }
@@ -182,7 +205,10 @@ fn unknown_fields_are_preserved() {
     v["objects"][1]["futureObjectField"] = Value::from("x");
     v["walls"][0]["futureSurfaceField"] = Value::from(3);
     let room: CapturedRoom = serde_json::from_value(v.clone()).unwrap();
-    assert_eq!(room.extra["futureTopLevel"], serde_json::json!({"a": [1, 2]}));
+    assert_eq!(
+        room.extra["futureTopLevel"],
+        serde_json::json!({"a": [1, 2]})
+    );
     assert_eq!(room.objects[1].extra["futureObjectField"], "x");
     assert_eq!(room.walls[0].extra["futureSurfaceField"], 3);
     let back = serde_json::to_value(&room).unwrap();
@@ -204,10 +230,19 @@ fn bare_string_enums_are_accepted_and_written_as_single_key_objects() {
         (ObjectCategory::Chair, Confidence::High)
     );
     assert_eq!(chair.transform.translation(), [4.0, 5.0, 6.0]);
-    assert_eq!(room.doors[0].category, SurfaceCategory::Door { is_open: None });
+    assert_eq!(
+        room.doors[0].category,
+        SurfaceCategory::Door { is_open: None }
+    );
     let out = serde_json::to_value(&room).unwrap();
-    assert_eq!(out["objects"][0]["category"], serde_json::json!({"chair": {}}));
-    assert_eq!(out["objects"][0]["confidence"], serde_json::json!({"high": {}}));
+    assert_eq!(
+        out["objects"][0]["category"],
+        serde_json::json!({"chair": {}})
+    );
+    assert_eq!(
+        out["objects"][0]["confidence"],
+        serde_json::json!({"high": {}})
+    );
     assert_eq!(out["doors"][0]["category"], serde_json::json!({"door": {}}));
     assert_eq!(
         out["doors"][0]["completedEdges"],
@@ -221,7 +256,11 @@ fn bare_string_enums_are_accepted_and_written_as_single_key_objects() {
 
 #[test]
 fn bad_input_is_a_clear_error() {
-    let err = |json: &str| CapturedRoom::from_json_str(json, "room.json").unwrap_err().to_string();
+    let err = |json: &str| {
+        CapturedRoom::from_json_str(json, "room.json")
+            .unwrap_err()
+            .to_string()
+    };
     let obj = |category: &str| {
         format!(
             r#"{{"objects":[{{"category":{category},"confidence":"high","dimensions":[1,2,3],"identifier":"A","transform":{:?}}}]}}"#,
@@ -229,15 +268,24 @@ fn bad_input_is_a_clear_error() {
         )
     };
     let e = err(&obj(r#"{"lamp":{}}"#));
-    assert!(e.starts_with("room.json: not a CapturedRoom export:"), "{e}");
+    assert!(
+        e.starts_with("room.json: not a CapturedRoom export:"),
+        "{e}"
+    );
     assert!(
         e.contains(r#"unknown ObjectCategory "lamp", expected one of storage, refrigerator"#),
         "{e}"
     );
     let e = err(&obj(r#"{"chair":{},"table":{}}"#));
-    assert!(e.contains("expected an enum case as a single-key object"), "{e}");
+    assert!(
+        e.contains("expected an enum case as a single-key object"),
+        "{e}"
+    );
     let e = err(&obj(r#"{"chair":{"x":1}}"#));
-    assert!(e.contains(r#"ObjectCategory "chair" takes no payload"#), "{e}");
+    assert!(
+        e.contains(r#"ObjectCategory "chair" takes no payload"#),
+        "{e}"
+    );
     let e = err(
         r#"{"objects":[{"category":"chair","confidence":"high","dimensions":[1,2],"identifier":"A","transform":[]}]}"#,
     );
@@ -246,12 +294,20 @@ fn bad_input_is_a_clear_error() {
 
 #[test]
 fn transform_helpers() {
-    let t = Transform::from_columns([0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 2.0, 3.0]);
+    let t = Transform::from_columns(
+        [0.0, 0.0, -1.0],
+        [0.0, 1.0, 0.0],
+        [1.0, 0.0, 0.0],
+        [1.0, 2.0, 3.0],
+    );
     assert_eq!(t.0[12..15], [1.0, 2.0, 3.0]);
     assert_eq!(t.apply([1.0, 0.0, 0.0]), [1.0, 2.0, 2.0]);
     assert_eq!(t.apply([0.0, 0.0, 1.0]), [2.0, 2.0, 3.0]);
     t.check_affine().unwrap();
     let mut row_major = t;
     row_major.0.swap(3, 12);
-    assert!(row_major.check_affine().unwrap_err().contains("not column-major"));
+    assert!(row_major
+        .check_affine()
+        .unwrap_err()
+        .contains("not column-major"));
 }

@@ -4,6 +4,8 @@
 //! tokenizer's) with LoRA computes the answer-only loss. A few AdamW steps on a fixed batch lower
 //! the loss; gradients reach exactly the Perceiver, the geometry head and the LoRA weights.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -219,17 +221,7 @@ fn a_few_adamw_steps_lower_the_loss_and_only_trainables_get_gradients() {
             // After one update LoRA B is non-zero, so every trainable variable has a non-zero
             // gradient (at step 0, A's gradient is exactly zero because B starts at zero).
             for (name, var) in &vars {
-                let g = grads
-                    .get(var.as_tensor())
-                    .unwrap_or_else(|| panic!("{name}: no gradient"));
-                let size = g
-                    .abs()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(size > 0.0, "{name}: zero gradient");
+                common::assert_nonzero_gradient(&grads, name, var);
             }
             let perceiver = vars
                 .iter()

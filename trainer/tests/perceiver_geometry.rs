@@ -1,6 +1,8 @@
 //! Perceiver resampler and geometry head: shapes, masking, feature layout, and that every
 //! trainable variable receives a gradient (candle's fused ops would silently give none).
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use roomplan_trainer::geometry_head::{GeometryHead, GeometryHeadConfig, ViewGeometry};
@@ -32,17 +34,7 @@ fn assert_all_vars_get_gradients(varmap: &VarMap, loss: &Tensor) -> usize {
     let grads = loss.backward().unwrap();
     let data = varmap.data().lock().unwrap();
     for (name, var) in data.iter() {
-        let grad = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("{name}: no gradient"));
-        let size = grad
-            .abs()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(size > 0.0, "{name}: zero gradient");
+        common::assert_nonzero_gradient(&grads, name, var);
     }
     data.len()
 }
