@@ -662,8 +662,11 @@ impl SizeRule {
     /// The ops taking a `width × height` image to its stored size: a resize, then a centre crop of the
     /// height when needed (crop offset rounded down, as VGGT's `(h − 518) // 2`).
     pub fn plan(&self, width: u32, height: u32) -> Vec<ImageOp> {
-        let scaled = height as f64 * self.width as f64 / width.max(1) as f64 / self.multiple as f64;
-        let new_height = ((scaled.round() as u32) * self.multiple).max(self.multiple);
+        // VGGT computes `round(height * (518 / width) / 14) * 14` in Python: the same operation order
+        // and Python's round-half-to-even, so ties (e.g. 148×10 → 2.5 patches) give the same height.
+        let scaled =
+            height as f64 * (self.width as f64 / width.max(1) as f64) / self.multiple as f64;
+        let new_height = ((scaled.round_ties_even() as u32) * self.multiple).max(self.multiple);
         let mut ops = vec![ImageOp::Resize {
             width: self.width,
             height: new_height,

@@ -2056,7 +2056,7 @@ pub fn example_records() -> (Vec<SceneRecord>, Vec<SampleRecord>, Vec<Reject>) {
         position_raw: [0.5, -0.25, 0.0],
         rotation_raw_xyzw: [0.0, 0.0, 0.3826834323650898, 0.9238795325112867],
         position_ref: [1.0, -1.5, -2.0],
-        heading_ref: [-0.7071067811865476, 0.0, -0.7071067811865476],
+        heading_ref: [-std::f64::consts::FRAC_1_SQRT_2, 0.0, -std::f64::consts::FRAC_1_SQRT_2],
     });
     sqa.source_json = r#"{"question_id":220602000002,"answer_type":"other"}"#.into();
     let mut action = SampleRecord::new(

@@ -218,6 +218,23 @@ fn vggt_size_rule() {
             }
         ]
     );
+    // Ties round half to even, as Python's round: 148×10 → 10·3.5/14 = 2.5 → 2 patches (not 3).
+    assert_eq!(
+        rule.plan(148, 10),
+        vec![ImageOp::Resize {
+            width: 518,
+            height: 28
+        }]
+    );
+    // 148×6 → 1.5 → 2 either way; 148×2 → 0.5 → 0, kept at one patch row instead of an empty image.
+    assert_eq!(rule.plan(148, 6)[0], rule.plan(148, 10)[0]);
+    assert_eq!(
+        rule.plan(148, 2),
+        vec![ImageOp::Resize {
+            width: 518,
+            height: 14
+        }]
+    );
     let small = SizeRule {
         width: 224,
         multiple: 14,
