@@ -13,6 +13,7 @@ pub mod parity;
 // Vision side and fusion (issue 6).
 pub mod vggt;
 pub mod vggt_load;
+pub mod vggt_input;
 pub mod perceiver;
 pub mod geometry_head;
 pub mod fused;
