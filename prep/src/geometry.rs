@@ -742,7 +742,7 @@ impl<'a> DepthMap<'a> {
     /// Depth in metres at pixel (u, v), `None` when invalid.
     pub fn metres(&self, u: u32, v: u32) -> Option<f64> {
         let raw = self.values[v as usize * self.width as usize + u as usize];
-        (raw != 0).then(|| raw as f64 * self.metres_per_unit)
+        (raw != 0).then_some(raw as f64 * self.metres_per_unit)
     }
 }
 

@@ -1320,7 +1320,7 @@ impl ShardFile {
         );
         check_schema(path, &schema, expected)?;
         let decoder = FileDecoder::new(schema.clone(), footer.version());
-        if footer.dictionaries().is_some_and(|d| d.len() > 0) {
+        if footer.dictionaries().is_some_and(|d| !d.is_empty()) {
             return Err(format_err(
                 path,
                 "has dictionaries, which the schema never uses",

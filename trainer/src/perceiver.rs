@@ -57,7 +57,7 @@ impl PerceiverConfig {
         if sizes.contains(&0) {
             bail!("perceiver config: every size must be positive, got {self:?}");
         }
-        if self.latent_dim % self.num_heads != 0 {
+        if !self.latent_dim.is_multiple_of(self.num_heads) {
             bail!(
                 "perceiver config: latent_dim {} is not divisible by num_heads {}",
                 self.latent_dim,

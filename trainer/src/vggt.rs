@@ -153,20 +153,20 @@ impl Config {
         if self.patch_size == 0 || self.num_heads == 0 || self.aa_block_size == 0 {
             bail!("VGGT config: patch_size, num_heads and aa_block_size must be positive");
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             bail!(
                 "VGGT config: embed_dim {} is not divisible by num_heads {}",
                 self.embed_dim,
                 self.num_heads
             );
         }
-        if self.rope_freq > 0.0 && self.head_dim() % 4 != 0 {
+        if self.rope_freq > 0.0 && !self.head_dim().is_multiple_of(4) {
             bail!(
                 "VGGT config: 2-D RoPE needs head_dim divisible by 4, got {}",
                 self.head_dim()
             );
         }
-        if self.depth % self.aa_block_size != 0 {
+        if !self.depth.is_multiple_of(self.aa_block_size) {
             bail!(
                 "VGGT config: depth {} is not divisible by aa_block_size {}",
                 self.depth,
@@ -196,7 +196,7 @@ impl Config {
                     d.num_heads
                 );
             }
-            if self.img_size % self.patch_size != 0 {
+            if !self.img_size.is_multiple_of(self.patch_size) {
                 bail!(
                     "VGGT config: img_size {} is not a multiple of patch_size {}",
                     self.img_size,
