@@ -8,7 +8,6 @@
 //! carries its vision tokens; [`encode_views`] computes them from images.
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
@@ -258,84 +257,5 @@ impl FusedModel {
         let (embeds, mask, labels) = self.build_inputs(batch)?;
         self.llm
             .loss(Input::Embeds(&embeds), Some(&mask), &labels, true)
-    }
-}
-
-/// AdamW hyper-parameters (PyTorch's defaults except the learning rate).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct AdamWConfig {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-}
-
-impl Default for AdamWConfig {
-    fn default() -> Self {
-        Self {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        }
-    }
-}
-
-/// AdamW (decoupled weight decay, bias-corrected moments) with f32 moments.
-pub struct AdamW {
-    cfg: AdamWConfig,
-    vars: Vec<(String, Var)>,
-    first: Vec<Tensor>,
-    second: Vec<Tensor>,
-    step: usize,
-}
-
-impl AdamW {
-    pub fn new(vars: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
-        let zeros = |v: &Var| Tensor::zeros(v.shape(), DType::F32, v.device());
-        let first = vars
-            .iter()
-            .map(|(_, v)| zeros(v))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let second = vars
-            .iter()
-            .map(|(_, v)| zeros(v))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self {
-            cfg,
-            vars,
-            first,
-            second,
-            step: 0,
-        })
-    }
-
-    pub fn steps_taken(&self) -> usize {
-        self.step
-    }
-
-    /// One update from `grads`; a variable without a gradient is left untouched.
-    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
-        self.step += 1;
-        let c = self.cfg;
-        let correction1 = 1.0 - c.beta1.powi(self.step as i32);
-        let correction2 = 1.0 - c.beta2.powi(self.step as i32);
-        for (i, (_, var)) in self.vars.iter().enumerate() {
-            let Some(grad) = grads.get(var.as_tensor()) else {
-                continue;
-            };
-            let grad = grad.to_dtype(DType::F32)?;
-            self.first[i] = ((&self.first[i] * c.beta1)? + (&grad * (1.0 - c.beta1))?)?;
-            self.second[i] = ((&self.second[i] * c.beta2)? + (grad.sqr()? * (1.0 - c.beta2))?)?;
-            let m_hat = (&self.first[i] / correction1)?;
-            let v_hat = (&self.second[i] / correction2)?;
-            let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
-            let value = var.as_tensor().to_dtype(DType::F32)?;
-            let decayed = (&value * (1.0 - c.lr * c.weight_decay))?;
-            var.set(&(decayed - (update * c.lr)?)?.to_dtype(var.dtype())?)?;
-        }
-        Ok(())
     }
 }

@@ -17,4 +17,5 @@ pub mod vggt_input;
 pub mod perceiver;
 pub mod geometry_head;
 pub mod fused;
+pub mod optim;
 pub mod parity_vggt;
