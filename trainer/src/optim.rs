@@ -1,4 +1,5 @@
-//! AdamW with parameter groups and a state that saves and resumes exactly — candle's `AdamW` has
+//! AdamW with parameter groups and a state that saves and resumes exactly, and gradient clipping by
+//! global norm — candle's `AdamW` has
 //! neither.
 //!
 //! The update is `torch.optim.AdamW`'s (decoupled weight decay, bias-corrected moments, ε outside
@@ -329,6 +330,33 @@ impl AdamW {
         }
         Ok(())
     }
+}
+
+/// Scales the gradients of `vars` in place so that their global L2 norm is at most `max_norm`, as
+/// `torch.nn.utils.clip_grad_norm_` does (factor `min(1, max_norm / (norm + 1e-6))`), and returns the
+/// norm before clipping. Variables without a gradient are skipped. A non-finite norm leaves the
+/// gradients as they are: the caller sees it and skips the step.
+pub fn clip_grad_norm(grads: &mut GradStore, vars: &[(String, Var)], max_norm: f64) -> Result<f64> {
+    let mut sum_sq = 0f64;
+    for (_, var) in vars {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            sum_sq += g
+                .to_dtype(DType::F32)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f32>()? as f64;
+        }
+    }
+    let norm = sum_sq.sqrt();
+    let factor = max_norm / (norm + 1e-6);
+    if norm.is_finite() && factor < 1.0 {
+        for (_, var) in vars {
+            if let Some(g) = grads.remove(var.as_tensor()) {
+                grads.insert(var.as_tensor(), (g * factor)?);
+            }
+        }
+    }
+    Ok(norm)
 }
 
 #[cfg(test)]

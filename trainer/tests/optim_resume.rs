@@ -5,7 +5,9 @@ use std::path::Path;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
-use roomplan_trainer::optim::{decay_groups, AdamW, AdamWConfig, ParamGroup, STATE_FORMAT};
+use roomplan_trainer::optim::{
+    clip_grad_norm, decay_groups, AdamW, AdamWConfig, ParamGroup, STATE_FORMAT,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -16,6 +18,7 @@ struct Golden {
     betas: (f64, f64),
     eps: f64,
     steps: Vec<GoldenStep>,
+    clip_grad_norm: Vec<GoldenClip>,
     final_step_counts: FinalSteps,
 }
 
@@ -33,6 +36,16 @@ struct GoldenStep {
     lr_factor: f64,
     w: Vec<f32>,
     b: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct GoldenClip {
+    max_norm: f64,
+    grad_w: Vec<f32>,
+    grad_b: Vec<f32>,
+    total_norm: f64,
+    clipped_w: Vec<f32>,
+    clipped_b: Vec<f32>,
 }
 
 #[derive(Deserialize)]
@@ -66,7 +79,10 @@ fn flat(v: &Var) -> Vec<f32> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn golden_optimizer(g: &Golden, w: &Var, b: &Var) -> AdamW {
@@ -219,4 +235,40 @@ fn loading_a_state_that_does_not_fit_names_the_difference() {
             other.display()
         )
     );
+}
+
+#[test]
+fn clip_grad_norm_matches_torch() {
+    let g = golden();
+    let (w, b) = (var(&g.w0, &[2, 3]), var(&g.b0, &[3]));
+    let vars = vec![("w".to_string(), w.clone()), ("b".to_string(), b.clone())];
+    for case in &g.clip_grad_norm {
+        let mut grads = grads_of(&[(&w, &case.grad_w), (&b, &case.grad_b)]);
+        let norm = clip_grad_norm(&mut grads, &vars, case.max_norm).unwrap();
+        assert!(
+            (norm - case.total_norm).abs() < 1e-5,
+            "{norm} vs {}",
+            case.total_norm
+        );
+        let got = |v: &Var| -> Vec<f32> {
+            let t = grads.get(v.as_tensor()).unwrap();
+            t.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let (dw, db) = (
+            max_abs_diff(&got(&w), &case.clipped_w),
+            max_abs_diff(&got(&b), &case.clipped_b),
+        );
+        assert!(
+            dw <= 1e-7 && db <= 1e-7,
+            "max_norm {}: {dw:e} {db:e}",
+            case.max_norm
+        );
+    }
+    // The golden cases cover both sides of the threshold.
+    let clipped: Vec<bool> = g
+        .clip_grad_norm
+        .iter()
+        .map(|c| c.clipped_w != c.grad_w)
+        .collect();
+    assert_eq!(clipped, [true, false]);
 }

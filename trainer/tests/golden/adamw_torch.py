@@ -4,7 +4,8 @@ trainer/tests/optim_resume.rs checks our AdamW against.
 Run by hand (needs torch; not run in CI):  python3 trainer/tests/golden/adamw_torch.py
 Two groups with their own lr / weight decay, non-default betas and eps, a step where one parameter
 has no gradient (its moments and step count must not move), and a learning-rate factor of 0.5 on the
-last two steps (as a schedule would set it).
+last two steps (as a schedule would set it). Also torch.nn.utils.clip_grad_norm_ on two gradients,
+once clipping and once not.
 """
 import json
 import math
@@ -60,6 +61,23 @@ for step in range(steps):
         }
     )
 
+clips = []
+for max_norm in (1.0, 100.0):
+    w.grad = grad((2, 3), 7, 0.0)
+    b.grad = grad((3,), 7, 1.0)
+    before_w, before_b = w.grad.flatten().tolist(), b.grad.tolist()
+    total = torch.nn.utils.clip_grad_norm_([w, b], max_norm)
+    clips.append(
+        {
+            "max_norm": max_norm,
+            "grad_w": before_w,
+            "grad_b": before_b,
+            "total_norm": float(total),
+            "clipped_w": w.grad.flatten().tolist(),
+            "clipped_b": b.grad.tolist(),
+        }
+    )
+
 out = {
     "torch_version": torch.__version__,
     "w0": [x for row in w0 for x in row],
@@ -68,6 +86,7 @@ out = {
     "betas": betas,
     "eps": eps,
     "steps": record,
+    "clip_grad_norm": clips,
     "final_step_counts": {"w": int(opt.state[w]["step"]), "b": int(opt.state[b]["step"])},
 }
 path = pathlib.Path(__file__).with_name("adamw_torch.json")
