@@ -1,6 +1,5 @@
 //! AdamW with parameter groups and a state that saves and resumes exactly, and gradient clipping by
-//! global norm — candle's `AdamW` has
-//! neither.
+//! global norm: candle's `AdamW` has none of these.
 //!
 //! The update is `torch.optim.AdamW`'s (decoupled weight decay, bias-corrected moments, ε outside
 //! the square root, a step count per variable that only advances when the variable has a gradient):
