@@ -6,10 +6,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Map, Value};
 
 use crate::frozen;
@@ -20,6 +22,50 @@ pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 /// Prefix PEFT puts before the base model's own parameter names.
 pub const PEFT_PREFIX: &str = "base_model.model.";
 
+/// Where LoRA dropout masks come from: one seeded ChaCha stream shared by every adapter of a
+/// [`Lora`], so that a run with the same seed draws the same masks in the same order. (candle's CPU
+/// `Tensor::rand` cannot be seeded.) Masks are drawn on the host and copied to the input's device:
+/// at 4B scale with dropout on, a device-side generator would be cheaper.
+#[derive(Debug, Clone)]
+pub struct DropoutRng(Arc<Mutex<ChaCha8Rng>>);
+
+impl DropoutRng {
+    pub fn new(seed: u64) -> Self {
+        Self(Arc::new(Mutex::new(Self::stream(seed))))
+    }
+
+    /// ChaCha stream 1 of `seed`: [`Lora::init`] draws A from stream 0 of the same seed.
+    fn stream(seed: u64) -> ChaCha8Rng {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(1);
+        rng
+    }
+
+    /// Restarts the shared stream from `seed` (every clone sees it).
+    pub fn reseed(&self, seed: u64) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Self::stream(seed);
+    }
+
+    /// An inverted-dropout mask shaped like `like`: 0 with probability `p`, else 1 / (1 − p).
+    fn mask(&self, like: &Tensor, p: f64) -> Result<Tensor> {
+        let keep_scale = (1.0 / (1.0 - p)) as f32;
+        let values: Vec<f32> = {
+            let mut rng = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            (0..like.elem_count())
+                .map(|_| {
+                    if rng.random::<f64>() < p {
+                        0.0
+                    } else {
+                        keep_scale
+                    }
+                })
+                .collect()
+        };
+        let mask = Tensor::from_vec(values, like.shape(), &Device::Cpu)?;
+        Ok(mask.to_device(like.device())?.to_dtype(like.dtype())?)
+    }
+}
+
 /// The trainable pair of one adapted projection.
 #[derive(Debug, Clone)]
 pub struct LoraLayer {
@@ -29,6 +75,7 @@ pub struct LoraLayer {
     pub b: Var,
     pub scaling: f64,
     pub dropout: f64,
+    pub dropout_rng: DropoutRng,
 }
 
 impl LoraLayer {
@@ -43,8 +90,7 @@ impl LoraLayer {
     /// `s · B (A dropout(x))` over the last axis of `x`; dropout only when `train`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = if train && self.dropout > 0.0 {
-            let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?.ge(self.dropout)?;
-            let mask = (keep.to_dtype(x.dtype())? * (1.0 / (1.0 - self.dropout)))?;
+            let mask = self.dropout_rng.mask(x, self.dropout)?;
             frozen::broadcast_mul(x, &mask)?
         } else {
             x.clone()
@@ -258,6 +304,7 @@ pub fn peft_key(path: &str, which: Matrix) -> String {
 pub struct Lora {
     config: LoraConfig,
     layers: BTreeMap<String, LoraLayer>,
+    dropout_rng: DropoutRng,
 }
 
 impl Lora {
@@ -269,7 +316,8 @@ impl Lora {
         seed: u64,
     ) -> Result<Self> {
         config.validate(model)?;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let dropout_rng = DropoutRng::new(seed);
         let mut layers = BTreeMap::new();
         for layer in 0..model.num_hidden_layers {
             for module in &config.target_modules {
@@ -286,11 +334,16 @@ impl Lora {
                     b,
                     scaling: config.scaling(),
                     dropout: config.lora_dropout,
+                    dropout_rng: dropout_rng.clone(),
                 };
                 layers.insert(qwen3::projection_path(layer, module), l);
             }
         }
-        Ok(Self { config, layers })
+        Ok(Self {
+            config,
+            layers,
+            dropout_rng,
+        })
     }
 
     /// Loads a PEFT adapter folder; every targeted projection of every layer must be present with
@@ -306,6 +359,7 @@ impl Lora {
         config
             .validate(model)
             .with_context(|| format!("{}", cfg_path.display()))?;
+        let dropout_rng = DropoutRng::new(0);
         let w_path = dir.join(ADAPTER_WEIGHTS);
         let mut tensors = candle_core::safetensors::load(&w_path, device)
             .with_context(|| format!("reading {}", w_path.display()))?;
@@ -336,6 +390,7 @@ impl Lora {
                         b,
                         scaling: config.scaling(),
                         dropout: config.lora_dropout,
+                        dropout_rng: dropout_rng.clone(),
                     },
                 );
             }
@@ -347,7 +402,11 @@ impl Lora {
                 tensors.len()
             );
         }
-        Ok(Self { config, layers })
+        Ok(Self {
+            config,
+            layers,
+            dropout_rng,
+        })
     }
 
     /// Writes `adapter_config.json` and `adapter_model.safetensors` (PEFT key names, metadata
@@ -409,6 +468,12 @@ impl Lora {
             model.set_lora(path, Some(l.clone()))?;
         }
         Ok(())
+    }
+
+    /// Restarts the dropout masks of every adapter (attached copies included) from `seed`. Adapters
+    /// start from the seed given to [`Lora::init`], or 0 when loaded.
+    pub fn set_dropout_seed(&self, seed: u64) {
+        self.dropout_rng.reseed(seed);
     }
 
     /// Removes this adapter's layers from `model`.

@@ -214,6 +214,20 @@ fn dropout_acts_in_training_only() {
         max_abs_diff(&eval1, &train).unwrap() > 1e-3,
         "dropout 0.5 must change the training forward"
     );
+    // Masks come from the adapter's seeded stream: the same seed, the same training forward.
+    let train_with_seed = |m: &roomplan_trainer::qwen3::Qwen3, seed| {
+        lora.set_dropout_seed(seed);
+        m.forward_with(Input::Ids(&ids()), None, opts(true))
+            .unwrap()
+            .logits
+    };
+    let (a, b, c) = (
+        train_with_seed(&m, 7),
+        train_with_seed(&m, 7),
+        train_with_seed(&m, 8),
+    );
+    assert_eq!(max_abs_diff(&a, &b).unwrap(), 0.0);
+    assert!(max_abs_diff(&a, &c).unwrap() > 1e-3);
 }
 
 #[test]
