@@ -2,8 +2,11 @@
 //!
 //! - [`caption`]: BLEU-1..4, ROUGE-L and CIDEr-D as `pycocoevalcap` computes them, and an
 //!   approximation of its PTB tokenisation.
+//! - [`answers`]: answer matching — ScanQA EM@1/EM@10 (raw), LEO's `clean_answer` with EM and
+//!   refined EM, SQA3D top-1 and question types, the predecessor's exact match, and aggregates.
 //! - [`actions`]: stage-3 RoomPlan action predictions against their targets (valid, exact, correct
 //!   within tolerances).
 
 pub mod actions;
+pub mod answers;
 pub mod caption;
