@@ -4,11 +4,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod eval;
 mod parity;
 mod shard;
 
 #[derive(Parser)]
-#[command(name = "tools", version, about = "roomplan tools: shard inspection/verification and model parity checks")]
+#[command(
+    name = "tools",
+    version,
+    about = "roomplan tools: shard inspection/verification, model parity checks, evaluation"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,6 +26,9 @@ enum Command {
     Shard(shard::ShardCommand),
     /// Run every parity check of a golden-tensor fixture folder (Qwen3 or VGGT) and print max abs differences.
     Parity(parity::ParityArgs),
+    /// Score predictions against a prepared dataset's answers or target actions (JSON on stdout).
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +36,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Shard(cmd) => shard::run(cmd),
         Command::Parity(args) => parity::run(args),
+        Command::Eval(cmd) => eval::run(cmd),
     };
     match result {
         Ok(code) => code,

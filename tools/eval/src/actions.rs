@@ -16,6 +16,8 @@
 use std::collections::BTreeMap;
 
 use roomplan_prep::actions::{validate_text, Action, ObjectSpec, Target};
+
+use crate::answers::percent;
 use serde::Serialize;
 
 /// How close a field must be to count as correct.
@@ -260,13 +262,7 @@ pub struct ActionCounts {
 
 pub fn summarize(verdicts: &[ActionVerdict]) -> ActionSummary {
     let n = verdicts.len();
-    let rate = |f: fn(&ActionVerdict) -> bool| {
-        if n == 0 {
-            0.0
-        } else {
-            100.0 * verdicts.iter().filter(|v| f(v)).count() as f64 / n as f64
-        }
-    };
+    let rate = |f: fn(&ActionVerdict) -> bool| percent(verdicts.iter().filter(|v| f(v)).count(), n);
     let errors: Vec<f64> = verdicts.iter().filter_map(|v| v.position_error_m).collect();
     let mut per_action: BTreeMap<String, ActionCounts> = BTreeMap::new();
     for v in verdicts {
