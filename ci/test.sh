@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run): Rust tests (unit, golden snapshots, property tests,
 # parity against ../shared/parity), the parity tool on the shared fixtures, an end-to-end run
-# synth → prep-* → tools shard verify read back by pyarrow, and the flake evaluation.
+# synth → prep-* → tools shard verify read back by pyarrow and scored by tools eval, and the flake evaluation.
 # Runs on a clean clone with ../shared beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ for fixture in qwen3 vggt/conv vggt/dinov2; do
   "$bin/tools" parity "$ROOMPLAN_SHARED/parity/$fixture"
 done
 
-step "end to end: synth (with faults) → prep-scanqa, prep-sqa3d, prep-arkit → verify → pyarrow"
+step "end to end: synth (with faults) → prep-scanqa, prep-sqa3d, prep-arkit → verify → pyarrow → tools eval"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$bin/synth" --out "$work/raw" --scenes 3 --frames 16 --faults --scannet-format both
@@ -42,6 +42,7 @@ if "$bin/prep-scanqa" --scannet "$work/raw/scannet" --scanqa "$work/raw/scanqa" 
   echo "error: prep-scanqa --strict exited 0 on a set with faults"; exit 1
 fi
 python3 ci/pyarrow_check.py "$work/shards/scanqa" "$work/shards/sqa3d" "$work/shards/arkit"
+python3 ci/oracle_eval.py "$bin/tools" "$work/shards/scanqa" "$work/shards/sqa3d" "$work/shards/arkit"
 
 step "flake evaluation"
 bash ci/flake_check.sh
