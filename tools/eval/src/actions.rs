@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 
 use roomplan_prep::actions::{validate_text, Action, ObjectSpec, Target};
+use roomplan_prep::geometry::norm;
 
 use crate::answers::percent;
 use serde::Serialize;
@@ -206,12 +207,12 @@ fn compare(p: &Action, t: &Action) -> Comparison {
 }
 
 fn distance(a: [f64; 3], b: [f64; 3]) -> f64 {
-    (0..3).map(|i| (a[i] - b[i]).powi(2)).sum::<f64>().sqrt()
+    norm(&[a[0] - b[0], a[1] - b[1], a[2] - b[2]])
 }
 
 fn angle_between_deg(a: [f64; 3], b: [f64; 3]) -> f64 {
     let dot: f64 = (0..3).map(|i| a[i] * b[i]).sum();
-    let norms = distance(a, [0.0; 3]) * distance(b, [0.0; 3]);
+    let norms = norm(&a) * norm(&b);
     if norms == 0.0 {
         return 180.0;
     }

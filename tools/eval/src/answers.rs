@@ -16,6 +16,9 @@
 //! by `tests/answers_golden.rs`.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use regex::Regex;
 
 use serde::Serialize;
 
@@ -89,17 +92,29 @@ pub fn clean_answer(text: &str) -> String {
         .filter(|&c| c.is_ascii_alphanumeric() || ",'-:".contains(c) || is_python_whitespace(c))
         .collect();
     // From here on only ASCII letters and digits are word characters, so Python's `\bWORD\b` is
-    // "a maximal run of ASCII alphanumerics equal to WORD". The official passes run one after the
+    // "a maximal run of ASCII alphanumerics equal to WORD" (and the `regex` crate's Unicode `\b`
+    // agrees with Python's on such text). The official passes run one after the
     // other; the typo and number passes are merged into one lookup each because no replacement is
     // a key of a later pass, but the `o' clock` pass must stay between them and the `word2` pass
     // (`"o' clock2"` keeps its space).
     let text = map_words(&text, fix_typo);
-    let text = join_o_clock(&text);
+    // Python `re.sub(r"\bo'[ ]+clock\b", "o'clock", s)`.
+    static O_CLOCK: OnceLock<Regex> = OnceLock::new();
+    let o_clock = O_CLOCK.get_or_init(|| Regex::new(r"\bo'[ ]+clock\b").expect("valid pattern"));
+    let text = o_clock.replace_all(&text, "o'clock");
     let text = map_words(&text, number_to_word);
-    let text = map_words(&text, strip_word_digit);
-    let text = drop_article(&text, "a");
-    let text = drop_article(&text, "an");
-    let text = drop_article(&text, "the");
+    let mut text = map_words(&text, strip_word_digit);
+    // Python `re.sub(r'\bARTICLE\b ([a-zA-Z]+)', r'\g<1>', s)` for a, an, the, in that order; like
+    // `re.sub`, `replace_all` resumes after the consumed letters, so in "a a chair" only the first
+    // `a` goes.
+    static ARTICLES: OnceLock<[Regex; 3]> = OnceLock::new();
+    let articles = ARTICLES.get_or_init(|| {
+        ["a", "an", "the"]
+            .map(|a| Regex::new(&format!(r"\b{a}\b ([a-zA-Z]+)")).expect("valid pattern"))
+    });
+    for article in articles {
+        text = article.replace_all(&text, "$1").into_owned();
+    }
     map_words(&text, |w| (w == "backwards").then_some("backward"))
 }
 
@@ -163,35 +178,6 @@ fn fix_typo(word: &str) -> Option<&str> {
     })
 }
 
-/// Python `re.sub(r"\bo'[ ]+clock\b", "o'clock", s)`.
-fn join_o_clock(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    let mut copied = 0;
-    while i < bytes.len() {
-        let at_boundary = i == 0 || !is_word_byte(bytes[i - 1]);
-        // Compare bytes: `i` may sit inside a multi-byte whitespace character.
-        if at_boundary && bytes[i..].starts_with(b"o' ") {
-            let spaces = bytes[i + 2..].iter().take_while(|&&b| b == b' ').count();
-            let clock = i + 2 + spaces;
-            let end = clock + "clock".len();
-            if bytes[clock..].starts_with(b"clock")
-                && (end == bytes.len() || !is_word_byte(bytes[end]))
-            {
-                out.push_str(&text[copied..i]);
-                out.push_str("o'clock");
-                i = end;
-                copied = end;
-                continue;
-            }
-        }
-        i += 1;
-    }
-    out.push_str(&text[copied..]);
-    out
-}
-
 fn number_to_word(word: &str) -> Option<&str> {
     Some(match word {
         "0" | "none" => "zero",
@@ -227,40 +213,6 @@ fn strip_word_digit(word: &str) -> Option<&str> {
     let all_letters = !letters.is_empty() && letters.iter().all(u8::is_ascii_alphabetic);
     // `word` is ASCII, so cutting off its last byte keeps it a valid str.
     (all_letters && last.is_ascii_digit()).then(|| &word[..letters.len()])
-}
-
-/// Python `re.sub(r'\bARTICLE\b ([a-zA-Z]+)', r'\g<1>', s)`: removes `ARTICLE ` (one U+0020) in
-/// front of a letter. Like `re.sub` it resumes after the consumed letters, so in `"a a chair"`
-/// only the first `a` goes.
-fn drop_article(text: &str, article: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    let mut copied = 0;
-    while i < bytes.len() {
-        let at_boundary = i == 0 || !is_word_byte(bytes[i - 1]);
-        let space = i + article.len();
-        if at_boundary
-            && bytes[i..].starts_with(article.as_bytes())
-            && bytes.get(space) == Some(&b' ')
-            && bytes.get(space + 1).is_some_and(u8::is_ascii_alphabetic)
-        {
-            let letters_end = space
-                + 1
-                + bytes[space + 1..]
-                    .iter()
-                    .take_while(|b| b.is_ascii_alphabetic())
-                    .count();
-            out.push_str(&text[copied..i]);
-            out.push_str(&text[space + 1..letters_end]);
-            i = letters_end;
-            copied = letters_end;
-            continue;
-        }
-        i += 1;
-    }
-    out.push_str(&text[copied..]);
-    out
 }
 
 /// Python `"".join(s.split())`: the text with all whitespace removed.

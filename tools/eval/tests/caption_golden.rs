@@ -101,21 +101,15 @@ fn scores_equal_pycocoevalcap_on_its_tokens() {
     for n in 0..4 {
         assert_close(&format!("BLEU-{}", n + 1), b[n], g.bleu[n]);
     }
-    for (i, (ours, theirs)) in rouge_l(&cands, &refs)
-        .unwrap()
-        .iter()
-        .zip(&g.rouge_l_each)
-        .enumerate()
-    {
-        assert_close(&format!("ROUGE-L of question {i}"), *ours, *theirs);
-    }
-    for (i, (ours, theirs)) in cider_d(&cands, &refs)
-        .unwrap()
-        .iter()
-        .zip(&g.cider_each)
-        .enumerate()
-    {
-        assert_close(&format!("CIDEr of question {i}"), *ours, *theirs);
+    let per_question = [
+        ("ROUGE-L", rouge_l(&cands, &refs).unwrap(), &g.rouge_l_each),
+        ("CIDEr", cider_d(&cands, &refs).unwrap(), &g.cider_each),
+    ];
+    for (metric, ours, theirs) in per_question {
+        assert_eq!(ours.len(), theirs.len(), "{metric}");
+        for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+            assert_close(&format!("{metric} of question {i}"), *a, *b);
+        }
     }
     let all = score(&cands, &refs).unwrap();
     assert_close("ROUGE-L", all.rouge_l, g.rouge_l);
