@@ -13,8 +13,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use roomplan_trainer::parity::max_abs_diff;
-use roomplan_trainer::parity_vggt::folder_config;
-use roomplan_trainer::vggt_load::load_aggregator;
+use roomplan_trainer::parity::vggt::folder_config;
+use roomplan_trainer::model::vggt_load::load_aggregator;
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);

@@ -13,8 +13,8 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder};
 use rand::{Rng, SeedableRng};
-use roomplan_trainer::lora::{Lora, LoraConfig};
-use roomplan_trainer::qwen3::{
+use roomplan_trainer::model::lora::{Lora, LoraConfig};
+use roomplan_trainer::model::qwen3::{
     projection_path, Config, Input, Qwen3, ATTENTION_PROJECTIONS, MLP_PROJECTIONS,
 };
 

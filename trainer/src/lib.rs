@@ -1,21 +1,12 @@
-//! roomplan-trainer: the fused VGGT → Perceiver → Qwen3 (+LoRA) model in candle.
+//! roomplan-trainer: the fused VGGT → Perceiver + geometry head → Qwen3 (+LoRA) model in candle,
+//! and the `train` binary's experiments, data loading, loop and checkpoints.
+//!
+//! - [`model`]: the networks and what feeds them (tokenizer and chat template, VGGT image input,
+//!   checkpoint loading from folders and the Hugging Face cache);
+//! - [`train`]: experiment files and pins, the shard loader, the optimizer and schedule, the loop,
+//!   checkpoints, metrics and prediction;
+//! - [`parity`]: checks against golden tensors of the official implementations.
 
-// Language side (issue 5).
-pub mod frozen;
-pub mod qwen3;
-pub mod lora;
-pub mod chat;
-pub mod hub;
-pub mod parity_qwen3;
-// Parity report shared by the Qwen3 and VGGT checks.
+pub mod model;
 pub mod parity;
-
-// Vision side and fusion (issue 6).
-pub mod vggt;
-pub mod vggt_load;
-pub mod vggt_input;
-pub mod perceiver;
-pub mod geometry_head;
-pub mod fused;
-pub mod optim;
-pub mod parity_vggt;
+pub mod train;

@@ -1,6 +1,6 @@
 //! ChatML rendering and tokenization with a small byte-level BPE tokenizer.json built here.
 
-use roomplan_trainer::chat::{self, ChatTokenizer, Message, IGNORE_INDEX};
+use roomplan_trainer::model::chat::{self, ChatTokenizer, Message, IGNORE_INDEX};
 
 /// Merges for "Ġt", "he", "Ġthe", so that " the" becomes one token.
 const MERGES: &[(&str, &str)] = &[("Ġ", "t"), ("h", "e"), ("Ġt", "he")];

@@ -1,7 +1,7 @@
 //! The sparing ops: same forward as candle's, gradients only for operands that track them.
 
 use candle_core::{DType, Device, Tensor, Var};
-use roomplan_trainer::frozen;
+use roomplan_trainer::model::frozen;
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     // Deterministic values without touching candle's global RNG.

@@ -10,16 +10,16 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use roomplan_trainer::chat::{tiny_tokenizer_json, ChatTokenizer, Message, IGNORE_INDEX};
-use roomplan_trainer::fused::{encode_views, FusedConfig, FusedExample, FusedModel};
-use roomplan_trainer::geometry_head::{GeometryHeadConfig, ViewGeometry};
-use roomplan_trainer::lora::{Lora, LoraConfig};
-use roomplan_trainer::optim::{AdamW, AdamWConfig};
+use roomplan_trainer::model::chat::{tiny_tokenizer_json, ChatTokenizer, Message, IGNORE_INDEX};
+use roomplan_trainer::model::fused::{encode_views, FusedConfig, FusedExample, FusedModel};
+use roomplan_trainer::model::geometry_head::{GeometryHeadConfig, ViewGeometry};
+use roomplan_trainer::model::lora::{Lora, LoraConfig};
+use roomplan_trainer::train::optim::{AdamW, AdamWConfig};
 use roomplan_trainer::parity::shared_dir;
-use roomplan_trainer::parity_vggt::folder_config;
-use roomplan_trainer::perceiver::PerceiverConfig;
-use roomplan_trainer::qwen3::{self, Qwen3};
-use roomplan_trainer::vggt_load::load_aggregator;
+use roomplan_trainer::parity::vggt::folder_config;
+use roomplan_trainer::model::perceiver::PerceiverConfig;
+use roomplan_trainer::model::qwen3::{self, Qwen3};
+use roomplan_trainer::model::vggt_load::load_aggregator;
 
 const HIDDEN: usize = 64;
 

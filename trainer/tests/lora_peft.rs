@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use roomplan_trainer::lora::{peft_key, Lora, LoraConfig, Matrix, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use roomplan_trainer::model::lora::{peft_key, Lora, LoraConfig, Matrix, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use roomplan_trainer::parity::{max_abs_diff, shared_dir};
-use roomplan_trainer::qwen3::{Input, Qwen3};
+use roomplan_trainer::model::qwen3::{Input, Qwen3};
 
 fn fixture() -> PathBuf {
     shared_dir().join("parity").join("qwen3")
@@ -196,7 +196,7 @@ fn dropout_acts_in_training_only() {
     lora = Lora::load(dir.path(), m.config(), &Device::Cpu).unwrap();
     assert_eq!(lora.config().lora_dropout, cfg.lora_dropout);
     lora.attach(&mut m).unwrap();
-    let opts = |train| roomplan_trainer::qwen3::ForwardOptions {
+    let opts = |train| roomplan_trainer::model::qwen3::ForwardOptions {
         output_hidden_states: false,
         train,
     };
@@ -215,7 +215,7 @@ fn dropout_acts_in_training_only() {
         "dropout 0.5 must change the training forward"
     );
     // Masks come from the adapter's seeded stream: the same seed, the same training forward.
-    let train_with_seed = |m: &roomplan_trainer::qwen3::Qwen3, seed| {
+    let train_with_seed = |m: &roomplan_trainer::model::qwen3::Qwen3, seed| {
         lora.set_dropout_seed(seed);
         m.forward_with(Input::Ids(&ids()), None, opts(true))
             .unwrap()

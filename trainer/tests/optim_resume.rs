@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
-use roomplan_trainer::optim::{
+use roomplan_trainer::train::optim::{
     clip_grad_norm, decay_groups, AdamW, AdamWConfig, ParamGroup, STATE_FORMAT,
 };
 use serde::Deserialize;

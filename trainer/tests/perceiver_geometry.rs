@@ -5,9 +5,9 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use roomplan_trainer::geometry_head::{GeometryHead, GeometryHeadConfig, ViewGeometry};
+use roomplan_trainer::model::geometry_head::{GeometryHead, GeometryHeadConfig, ViewGeometry};
 use roomplan_trainer::parity::max_abs_diff;
-use roomplan_trainer::perceiver::{Perceiver, PerceiverConfig};
+use roomplan_trainer::model::perceiver::{Perceiver, PerceiverConfig};
 
 fn tiny_perceiver_config() -> PerceiverConfig {
     PerceiverConfig {

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use roomplan_trainer::lora::Lora;
+use roomplan_trainer::model::lora::Lora;
 use roomplan_trainer::parity::{max_abs_diff, shared_dir};
-use roomplan_trainer::qwen3::{Input, Qwen3};
+use roomplan_trainer::model::qwen3::{Input, Qwen3};
 
 fn fixture() -> PathBuf {
     shared_dir().join("parity").join("qwen3")

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use roomplan_trainer::parity::{max_abs_diff, shared_dir};
-use roomplan_trainer::qwen3::{Config, ForwardOptions, Input, Qwen3};
+use roomplan_trainer::model::qwen3::{Config, ForwardOptions, Input, Qwen3};
 
 fn base() -> PathBuf {
     shared_dir().join("parity").join("qwen3").join("base")

@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use candle_core::{backprop::GradStore, DType, Device, Tensor, TensorId, Var};
-use roomplan_trainer::lora::{Lora, LoraConfig};
+use roomplan_trainer::model::lora::{Lora, LoraConfig};
 use roomplan_trainer::parity::shared_dir;
-use roomplan_trainer::qwen3::{Input, Qwen3};
+use roomplan_trainer::model::qwen3::{Input, Qwen3};
 
 fn fixture() -> PathBuf {
     shared_dir().join("parity").join("qwen3")

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use proptest::prelude::*;
-use roomplan_trainer::lora::Lora;
+use roomplan_trainer::model::lora::Lora;
 use roomplan_trainer::parity::{max_abs_diff, shared_dir};
-use roomplan_trainer::qwen3::{Input, Qwen3};
+use roomplan_trainer::model::qwen3::{Input, Qwen3};
 
 fn model() -> &'static Qwen3 {
     static MODEL: std::sync::OnceLock<Qwen3> = std::sync::OnceLock::new();

@@ -2,7 +2,7 @@
 //! `shared/parity/qwen3` (f32, CPU). Gates from its README: logits ≤ 5e-5, loss and grads ≤ 1e-5.
 
 use roomplan_trainer::parity::shared_dir;
-use roomplan_trainer::parity_qwen3;
+use roomplan_trainer::parity::qwen3 as parity_qwen3;
 
 #[test]
 fn shared_fixture_passes_every_check() {

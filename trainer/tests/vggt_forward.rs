@@ -3,9 +3,9 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use roomplan_trainer::parity::{max_abs_diff, shared_dir};
-use roomplan_trainer::parity_vggt::folder_config;
-use roomplan_trainer::vggt::Aggregator;
-use roomplan_trainer::vggt_load::load_aggregator;
+use roomplan_trainer::parity::vggt::folder_config;
+use roomplan_trainer::model::vggt::Aggregator;
+use roomplan_trainer::model::vggt_load::load_aggregator;
 
 fn conv_model(dtype: DType) -> Aggregator {
     let dir = shared_dir().join("parity/vggt/conv");

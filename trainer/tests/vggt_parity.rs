@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use roomplan_trainer::parity::shared_dir;
-use roomplan_trainer::parity_vggt::{self, OUTPUT_TOLERANCE};
-use roomplan_trainer::vggt::{expected_parameters, Config};
-use roomplan_trainer::vggt_load::{check_keys, VggtCheckpoint, VggtLoadError};
+use roomplan_trainer::parity::vggt as parity_vggt;
+use roomplan_trainer::parity::vggt::OUTPUT_TOLERANCE;
+use roomplan_trainer::model::vggt::{expected_parameters, Config};
+use roomplan_trainer::model::vggt_load::{check_keys, VggtCheckpoint, VggtLoadError};
 
 fn fixture(variant: &str) -> PathBuf {
     shared_dir().join("parity").join("vggt").join(variant)

@@ -1,4 +1,5 @@
-//! `tools`: inspect and verify prepared shards, check model parity against golden fixtures.
+//! `tools`: inspect and verify prepared shards, check model parity against golden fixtures, score
+//! predictions, pin experiment files.
 
 use std::process::ExitCode;
 
@@ -6,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod eval;
 mod parity;
+mod pin;
 mod shard;
 
 #[derive(Parser)]
@@ -29,6 +31,8 @@ enum Command {
     /// Score predictions against a prepared dataset's answers or target actions (JSON on stdout).
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Fill in or update the digests an experiment file pins (datasets, model files).
+    Pin(pin::PinArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
         Command::Shard(cmd) => shard::run(cmd),
         Command::Parity(args) => parity::run(args),
         Command::Eval(cmd) => eval::run(cmd),
+        Command::Pin(args) => pin::run(args),
     };
     match result {
         Ok(code) => code,

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use roomplan_trainer::parity::ParityReport;
-use roomplan_trainer::parity_qwen3;
-use roomplan_trainer::parity_vggt;
+use roomplan_trainer::parity::qwen3 as parity_qwen3;
+use roomplan_trainer::parity::vggt as parity_vggt;
 
 #[derive(clap::Args)]
 pub struct ParityArgs {

@@ -1,5 +1,8 @@
-//! What a parity run reports, shared by every model's checks (`parity_qwen3`, `parity_vggt`) and the
+//! What a parity run reports, shared by every model's checks (`qwen3`, `vggt`) and the
 //! `tools parity` command.
+
+pub mod qwen3;
+pub mod vggt;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

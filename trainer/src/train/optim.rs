@@ -358,9 +358,49 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[(String, Var)], max_norm: f
     Ok(norm)
 }
 
+/// Linear warmup, then cosine decay to a floor: the learning-rate factor for optimizer update
+/// `step` (1-based). Warmup reaches 1 at `warmup_steps` (the first update already has a non-zero
+/// rate, unlike transformers' schedule, whose first update uses factor 0); afterwards
+/// `min_ratio + (1 − min_ratio)·½(1 + cos(π·progress))` over the remaining steps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WarmupCosine {
+    pub warmup_steps: u64,
+    pub total_steps: u64,
+    pub min_ratio: f64,
+}
+
+impl WarmupCosine {
+    pub fn factor(&self, step: u64) -> f64 {
+        if step <= self.warmup_steps && self.warmup_steps > 0 {
+            return step as f64 / self.warmup_steps as f64;
+        }
+        let span = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps.min(step)) as f64 / span).clamp(0.0, 1.0);
+        self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warmup_then_cosine_to_the_floor() {
+        let s = WarmupCosine {
+            warmup_steps: 4,
+            total_steps: 12,
+            min_ratio: 0.1,
+        };
+        let f: Vec<f64> = (1..=12).map(|i| s.factor(i)).collect();
+        assert_eq!(&f[..4], &[0.25, 0.5, 0.75, 1.0]);
+        // Half-way through the cosine span (step 8 of 4..12): the mean of 1 and the floor.
+        assert!((f[7] - 0.55).abs() < 1e-12, "{f:?}");
+        assert!((f[11] - 0.1).abs() < 1e-12, "{f:?}");
+        assert!(f[4..].windows(2).all(|w| w[1] < w[0]), "{f:?}");
+        // Without warmup the first step has the full rate.
+        let s = WarmupCosine { warmup_steps: 0, ..s };
+        assert_eq!(s.factor(1).to_bits(), (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI / 12.0).cos())).to_bits());
+    }
     use candle_core::Device;
 
     fn var(values: &[f32], shape: &[usize]) -> Var {

@@ -15,10 +15,10 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use serde_json::Value;
 
-use crate::hub::{Fetcher, ModelSource};
-use crate::lora::Lora;
+use crate::model::hub::{Fetcher, ModelSource};
+use crate::model::lora::Lora;
 use crate::parity::{max_abs_diff, ParityReport};
-use crate::qwen3::{causal_lm_loss, ForwardOptions, Input, Qwen3};
+use crate::model::qwen3::{causal_lm_loss, ForwardOptions, Input, Qwen3};
 
 /// Gates per kind of output (README of the shared fixture); `fixture.json` may override them with a
 /// `"tolerances"` object using the same field names.
@@ -439,7 +439,7 @@ fn check_consistency(
 /// Saving the loaded adapter and loading it again gives identical tensors and config.
 fn check_resave(
     lora: &Lora,
-    cfg: &crate::qwen3::Config,
+    cfg: &crate::model::qwen3::Config,
     report: &mut ParityReport,
     tol: f64,
 ) -> Result<()> {

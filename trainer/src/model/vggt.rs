@@ -7,7 +7,7 @@
 //! module uses candle's fused ops (layer norm, softmax, rope), which record no backward.
 //!
 //! Parameter paths mirror the released checkpoint below its `aggregator.` prefix; loading from
-//! `model.pt` / `model.safetensors` is in [`crate::vggt_load`].
+//! `model.pt` / `model.safetensors` is in [`crate::model::vggt_load`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
-use crate::vggt::{expected_parameters, Aggregator, Config};
+use crate::model::vggt::{expected_parameters, Aggregator, Config};
 
 /// Key prefix of the aggregator's tensors inside the full VGGT state dict.
 pub const AGGREGATOR_PREFIX: &str = "aggregator.";

@@ -11,8 +11,8 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use crate::parity::ParityReport;
-use crate::vggt::{Config, Dinov2Config};
-use crate::vggt_load::VggtCheckpoint;
+use crate::model::vggt::{Config, Dinov2Config};
+use crate::model::vggt_load::VggtCheckpoint;
 
 /// Gate on every output layer (the README's suggestion: reference noise is ≤ 6e-6).
 pub const OUTPUT_TOLERANCE: f64 = 2e-5;

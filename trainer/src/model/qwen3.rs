@@ -1,7 +1,7 @@
 //! Qwen3 decoder (transformers `Qwen3ForCausalLM`), trainable with LoRA.
 //!
 //! Written from differentiable ops only (candle's fused RMSNorm/RoPE/softmax have no backward, see
-//! STACK_NOTES), with frozen weights going through [`crate::frozen`] so their gradients are never
+//! STACK_NOTES), with frozen weights going through [`crate::model::frozen`] so their gradients are never
 //! computed. Parameter paths mirror the Hugging Face checkpoint keys, so published safetensors load
 //! unchanged. Activations are f32 whatever the dtype of the frozen weights (bf16 weights are cast in
 //! the graph, inside each projection).
@@ -17,8 +17,8 @@ use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use crate::frozen;
-use crate::lora::LoraLayer;
+use crate::model::frozen;
+use crate::model::lora::LoraLayer;
 
 /// `rope_parameters` as written by transformers 5 (older configs have a top-level `rope_theta`).
 #[derive(Debug, Clone, Deserialize)]
@@ -573,7 +573,7 @@ impl Qwen3 {
     }
 
     /// Token embeddings with `injected` `[B, N, hidden]` placed at each row's `slots` (N positions
-    /// per row, e.g. [`crate::chat::Prompt::image_positions`]); the ids there are ignored. Built as
+    /// per row, e.g. [`crate::model::chat::Prompt::image_positions`]); the ids there are ignored. Built as
     /// `embed(ids)·keep + P·injected` with a constant 0/1 placement P, so values are copied exactly
     /// and only `injected` receives a gradient (a `cat` of frozen and trainable pieces would also
     /// store gradients for the frozen pieces).

@@ -12,12 +12,13 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-use crate::chat::{TrainingExample, IGNORE_INDEX};
-use crate::geometry_head::{GeometryHead, GeometryHeadConfig, ViewGeometry};
-use crate::lora::Lora;
-use crate::perceiver::{Perceiver, PerceiverConfig};
-use crate::qwen3::{Input, Qwen3};
-use crate::vggt::Aggregator;
+use crate::model::chat::{TrainingExample, IGNORE_INDEX};
+use crate::model::init;
+use crate::model::geometry_head::{GeometryHead, GeometryHeadConfig, ViewGeometry};
+use crate::model::lora::Lora;
+use crate::model::perceiver::{Perceiver, PerceiverConfig};
+use crate::model::qwen3::{Input, Qwen3};
+use crate::model::vggt::Aggregator;
 
 /// Sizes of the trainable vision side.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -252,10 +253,71 @@ impl FusedModel {
             .forward(&Tensor::stack(&rows, 0)?, mask.as_ref())?)
     }
 
-    /// Mean cross-entropy over the answer tokens of the batch.
+    /// Mean cross-entropy over the answer tokens of the batch (training mode: LoRA dropout on).
     pub fn loss(&self, batch: &[FusedExample]) -> Result<Tensor> {
+        self.loss_with(batch, true)
+    }
+
+    /// Mean cross-entropy over the answer tokens; `train` switches LoRA dropout.
+    pub fn loss_with(&self, batch: &[FusedExample], train: bool) -> Result<Tensor> {
         let (embeds, mask, labels) = self.build_inputs(batch)?;
         self.llm
-            .loss(Input::Embeds(&embeds), Some(&mask), &labels, true)
+            .loss(Input::Embeds(&embeds), Some(&mask), &labels, train)
+    }
+
+    /// Greedy decoding (KV cache) after one example's prompt; its labels are ignored. Returns the
+    /// generated ids, the stop token included when one was produced.
+    pub fn generate_greedy(
+        &self,
+        example: &FusedExample,
+        max_new_tokens: usize,
+        is_stop: impl Fn(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        let (embeds, _, _) = self.build_inputs(std::slice::from_ref(example))?;
+        self.llm
+            .generate_greedy(Input::Embeds(&embeds), max_new_tokens, is_stop)
+    }
+
+    /// The LoRA adapters (their variables are shared with the model).
+    pub fn lora(&self) -> &Lora {
+        &self.lora
+    }
+
+    /// Sets the Perceiver and geometry-head variables to values drawn from `seed` (candle's CPU
+    /// generator cannot be seeded): linear weights N(0, 2/fan_in) and biases U(±1/√fan_in) as
+    /// candle_nn initialises them, latents N(0, 0.02²); LayerNorm parameters keep their constant
+    /// initial values.
+    pub fn reinit_from_seed(&self, seed: u64) -> Result<()> {
+        let vars: Vec<(String, Var)> = {
+            let data = self.varmap.data().lock().map_err(|_| anyhow::anyhow!("poisoned varmap"))?;
+            let mut v: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let fan_in = |name: &str| -> Option<usize> {
+            let weight = format!("{}.weight", name.strip_suffix(".bias")?);
+            vars.iter()
+                .find(|(n, _)| *n == weight)
+                .and_then(|(_, w)| w.dims2().ok())
+                .map(|(_, i)| i)
+        };
+        for (name, var) in &vars {
+            if name.split('.').any(|p| p.contains("norm")) {
+                continue;
+            }
+            let dims = var.dims().to_vec();
+            let value = if name.ends_with("latents") {
+                init::normal(seed, name, &dims, 0.02)?
+            } else if name.ends_with(".bias") {
+                let n = fan_in(name).with_context(|| format!("{name}: no weight beside the bias"))?;
+                init::uniform(seed, name, &dims, 1.0 / (n as f64).sqrt())?
+            } else if dims.len() == 2 {
+                init::normal(seed, name, &dims, (2.0 / dims[1] as f64).sqrt())?
+            } else {
+                bail!("{name}: no deterministic initialisation rule for shape {dims:?}");
+            };
+            var.set(&value.to_device(var.device())?.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
     }
 }

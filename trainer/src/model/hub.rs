@@ -177,13 +177,13 @@ pub fn load_qwen3(
     source: ModelSource,
     dtype: candle_core::DType,
     device: &candle_core::Device,
-) -> Result<(crate::qwen3::Qwen3, Option<crate::chat::ChatTokenizer>)> {
+) -> Result<(crate::model::qwen3::Qwen3, Option<crate::model::chat::ChatTokenizer>)> {
     let files = Fetcher::new(source)?.model_files()?;
-    let model = crate::qwen3::Qwen3::load(&files.config, &files.weights, dtype, device)?;
+    let model = crate::model::qwen3::Qwen3::load(&files.config, &files.weights, dtype, device)?;
     let tokenizer = files
         .tokenizer
         .as_deref()
-        .map(crate::chat::ChatTokenizer::from_file)
+        .map(crate::model::chat::ChatTokenizer::from_file)
         .transpose()?;
     Ok((model, tokenizer))
 }
@@ -404,7 +404,7 @@ mod tests {
             .join("parity")
             .join("qwen3")
             .join("base");
-        let tokenizer = crate::chat::tiny_tokenizer_json(&[]).unwrap();
+        let tokenizer = crate::model::chat::tiny_tokenizer_json(&[]).unwrap();
         let config = std::fs::read_to_string(base.join(CONFIG)).unwrap();
         let weights = std::fs::read(base.join(SINGLE_WEIGHTS)).unwrap();
         let tmp = tempfile::tempdir().unwrap();
@@ -421,7 +421,7 @@ mod tests {
             .with_cache(tmp.path().into())
             .with_offline(true);
         let files = files.model_files().unwrap();
-        let model = crate::qwen3::Qwen3::load(
+        let model = crate::model::qwen3::Qwen3::load(
             &files.config,
             &files.weights,
             candle_core::DType::F32,
@@ -429,7 +429,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(model.config().num_hidden_layers, 2);
-        let tok = crate::chat::ChatTokenizer::from_file(files.tokenizer.as_ref().unwrap()).unwrap();
+        let tok = crate::model::chat::ChatTokenizer::from_file(files.tokenizer.as_ref().unwrap()).unwrap();
         assert_eq!(tok.im_end_id(), 258);
         // The shared folder itself has no tokenizer.json.
         let (m, t) = load_qwen3(

@@ -1,0 +1,189 @@
+//! `train`: runs an experiment (`experiments/NAME.yaml`), predicts with a trained run, and writes
+//! the tiny experiment's generated models.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use roomplan_trainer::train::predict::{predict, PredictOptions};
+use roomplan_trainer::train::run::{train, TrainOptions};
+use roomplan_trainer::train::{pins, tiny, NonFinite, PinsFailed, EXIT_NON_FINITE, EXIT_PINS};
+
+/// Train the VGGT → Perceiver → Qwen3 + LoRA model on prepared shards.
+///
+/// `train EXPERIMENT` verifies every pin of the experiment (dataset manifests, model files), then
+/// trains, writing metrics, checkpoints and the resolved experiment into a run directory.
+/// Exit codes: 0 done, 1 error, 2 usage, 3 a pin does not hold, 4 non-finite loss or gradients.
+#[derive(Parser, Debug)]
+#[command(
+    name = "train",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Examples:\n  train tiny\n  train tiny --run-dir data/runs/t1 --max-steps 20 --set train.micro_batch=2\n  train tiny --run-dir data/runs/t1 --resume\n  train predict --run-dir data/runs/t1 --dataset data/shards/scanqa --split val --out preds.jsonl\n  train make-tiny --out data/models/tiny --dataset data/shards/scanqa --dataset data/shards/sqa3d"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// A name in experiments/ (tiny, stage2, stage3) or the path of a YAML file.
+    #[arg(required = true)]
+    experiment: Option<String>,
+    /// Run directory (default: data/runs/<experiment>-<UTC time>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Continue the newest complete checkpoint of --run-dir.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this optimizer step (the learning-rate schedule keeps the experiment's length).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Override a field before validation, e.g. --set train.micro_batch=2 (recorded in the run).
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    overrides: Vec<String>,
+    #[command(flatten)]
+    common: Common,
+    /// Threads decoding views in the background.
+    #[arg(long, default_value_t = 2)]
+    loader_threads: usize,
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// Compute threads (default: all cores). Fix it for runs that must repeat bit for bit.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Hash every model file instead of trusting the (path, size, mtime, inode) hash cache.
+    #[arg(long)]
+    no_hash_cache: bool,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Greedy answers of a trained run on a dataset split, as JSON Lines for `tools eval`.
+    Predict(PredictArgs),
+    /// Write the tiny experiment's models: Qwen3 and VGGT weights from a seed, and a BPE tokenizer
+    /// trained on the datasets' text. Prints each file's sha256.
+    MakeTiny(TinyArgs),
+}
+
+#[derive(Args, Debug)]
+struct PredictArgs {
+    #[arg(long)]
+    run_dir: PathBuf,
+    /// Checkpoint `step-N` (default: the newest).
+    #[arg(long)]
+    checkpoint: Option<String>,
+    /// A prepared dataset folder.
+    #[arg(long)]
+    dataset: PathBuf,
+    #[arg(long, default_value = "val")]
+    split: String,
+    /// Predictions file (JSON Lines).
+    #[arg(long)]
+    out: PathBuf,
+    /// Only the first N samples of the split.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Tokens generated at most per answer (default: the experiment's eval.max_new_tokens).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct TinyArgs {
+    #[arg(long, default_value = "data/models/tiny")]
+    out: PathBuf,
+    /// Prepared datasets whose text trains the tokenizer (repeat the option).
+    #[arg(long = "dataset", required = true)]
+    datasets: Vec<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        // candle's CPU kernels read RAYON_NUM_THREADS; rayon's global pool is built from it too.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        None => {
+            let r = cli.run;
+            set_threads(r.common.threads)?;
+            train(&TrainOptions {
+                experiment: r.experiment.expect("required by clap"),
+                run_dir: r.run_dir,
+                resume: r.resume,
+                max_steps: r.max_steps,
+                overrides: r.overrides,
+                loader_threads: r.loader_threads,
+                no_hash_cache: r.common.no_hash_cache,
+                progress: !r.common.no_progress,
+                command_line: std::env::args().collect(),
+            })?;
+        }
+        Some(Command::Predict(p)) => {
+            set_threads(p.common.threads)?;
+            let summary = predict(&PredictOptions {
+                run_dir: p.run_dir,
+                checkpoint: p.checkpoint,
+                dataset: p.dataset,
+                split: p.split,
+                out: p.out,
+                limit: p.limit,
+                max_new_tokens: p.max_new_tokens,
+                no_hash_cache: p.common.no_hash_cache,
+                progress: !p.common.no_progress,
+            })?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Some(Command::MakeTiny(t)) => {
+            let corpus = tiny::corpus(&t.datasets)?;
+            let models = tiny::write_tiny_models(&t.out, t.seed, &tiny::TinySizes::default(), &corpus)?;
+            for dir in [&models.qwen3, &models.vggt] {
+                let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+                    .map(|e| e.map(|e| e.path()))
+                    .collect::<std::io::Result<_>>()?;
+                files.sort();
+                for f in files {
+                    println!("{}  {}", pins::sha256_file(&f)?, f.display());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let code = if e.downcast_ref::<PinsFailed>().is_some() {
+                EXIT_PINS
+            } else if e.downcast_ref::<NonFinite>().is_some() {
+                EXIT_NON_FINITE
+            } else {
+                1
+            };
+            ExitCode::from(code as u8)
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The training run, top to bottom: read the experiment, verify its pins, set up the run
+//! directory, build the model, then for each optimizer step draw `grad_accum` micro-batches,
+//! accumulate gradients, clip, step AdamW on the warmup + cosine schedule, log, evaluate and
+//! checkpoint at their cadences.
+//!
+//! Run directory (default `data/runs/<experiment>-<UTC time>`):
+//! `experiment.yaml` (resolved, after `--set`), `pins.json`, `run.json` (command, git commit and
+//! dirtiness, Cargo.lock's sha256, host, start time, overrides, hash-cache use), `resumes.jsonl`,
+//! `metrics.jsonl`, `checkpoints/step-N/`, later `predictions/` and `scores/`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Var};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use crate::model::chat::IGNORE_INDEX;
+use crate::train::checkpoint::{self, TrainState};
+use crate::train::data::{derive_seed, Corpus, Loader, STREAM_LORA_DROPOUT};
+use crate::train::evaluate::{answer_metrics, predict_rows, validation_loss};
+use crate::train::experiment::{self, Experiment, OptimSpec};
+use crate::train::metrics::{self, EvalLine, MetricsLog, StepLine};
+use crate::train::optim::{clip_grad_norm, AdamW, AdamWConfig, ParamGroup, WarmupCosine};
+use crate::train::pins::{self, HashCache};
+use crate::train::setup::{assemble, Assembled};
+use crate::train::{NonFinite, PinsFailed};
+
+/// What `train EXPERIMENT` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// A name in `experiments/` or a path to a YAML file.
+    pub experiment: String,
+    pub run_dir: Option<PathBuf>,
+    pub resume: bool,
+    /// Stop after this optimizer step (the schedule still spans the experiment's length).
+    pub max_steps: Option<u64>,
+    pub overrides: Vec<String>,
+    /// Threads decoding views.
+    pub loader_threads: usize,
+    /// Skip the hash cache (hash every model file).
+    pub no_hash_cache: bool,
+    pub progress: bool,
+    pub command_line: Vec<String>,
+}
+
+/// The Cargo.lock this binary was built from.
+const CARGO_LOCK: &[u8] = include_bytes!("../../../Cargo.lock");
+
+/// Parameter groups: LoRA (decayed), projector matrices (decayed), projector vectors (no decay).
+pub fn param_groups(vars: &[(String, Var)], o: &OptimSpec) -> Vec<ParamGroup> {
+    let config = |lr: f64, weight_decay: f64| AdamWConfig {
+        lr,
+        beta1: o.betas[0],
+        beta2: o.betas[1],
+        eps: o.eps,
+        weight_decay,
+    };
+    let (lora, projector): (Vec<_>, Vec<_>) =
+        vars.iter().cloned().partition(|(n, _)| n.contains(".lora_"));
+    let (matrices, vectors): (Vec<_>, Vec<_>) = projector.into_iter().partition(|(_, v)| v.rank() >= 2);
+    [
+        ("lora", config(o.lr_lora, o.weight_decay), lora),
+        ("projector", config(o.lr_projector, o.weight_decay), matrices),
+        ("projector_no_decay", config(o.lr_projector, 0.0), vectors),
+    ]
+    .into_iter()
+    .filter(|(_, _, v)| !v.is_empty())
+    .map(|(name, config, vars)| ParamGroup {
+        name: name.into(),
+        config,
+        vars,
+    })
+    .collect()
+}
+
+/// The device runs use: the first CUDA GPU when built with `cuda` and one is present, else the CPU.
+pub fn device() -> Result<Device> {
+    #[cfg(feature = "cuda")]
+    {
+        if candle_core::utils::cuda_is_available() {
+            return Ok(Device::new_cuda(0)?);
+        }
+    }
+    Ok(Device::Cpu)
+}
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git").args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    roomplan_prep::shard::write_atomic(path, &bytes)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Reads the experiment a run directory recorded.
+pub fn recorded_experiment(run_dir: &Path) -> Result<Experiment> {
+    let path = run_dir.join("experiment.yaml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: not a run directory (no experiment.yaml)", run_dir.display()))?;
+    experiment::parse(&text, &path.display().to_string())
+}
+
+/// Verifies every pin of `exp`, reporting all problems at once.
+pub fn verify_pins(
+    exp: &Experiment,
+    experiment_file: &Path,
+    no_cache: bool,
+) -> Result<(Vec<pins::Pin>, Option<PathBuf>)> {
+    let mut cache = match (no_cache, HashCache::default_path()) {
+        (false, Some(p)) => HashCache::open(p),
+        _ => HashCache::disabled(),
+    };
+    let verified = pins::verify(exp, &mut cache);
+    if let Err(e) = cache.save() {
+        eprintln!("warning: the hash cache was not saved: {e:#}");
+    }
+    match verified {
+        Ok(p) => Ok((p, cache.path().map(Path::to_path_buf))),
+        Err(problems) => Err(PinsFailed {
+            experiment: experiment_file.to_path_buf(),
+            problems,
+        }
+        .into()),
+    }
+}
+
+/// Runs (or resumes) training; returns the run directory.
+pub fn train(opts: &TrainOptions) -> Result<PathBuf> {
+    // 1. The experiment, the run directory, the pins.
+    let path = experiment::locate(&opts.experiment)?;
+    let loaded = experiment::load(&path, &opts.overrides)?;
+    let exp = loaded.experiment;
+    let run_dir = match (&opts.run_dir, opts.resume) {
+        (Some(d), _) => d.clone(),
+        (None, true) => bail!("--resume needs --run-dir (the run to continue)"),
+        (None, false) => PathBuf::from("data/runs").join(format!(
+            "{}-{}",
+            exp.name,
+            metrics::utc_now().replace(':', "")
+        )),
+    };
+    if opts.resume {
+        let recorded = recorded_experiment(&run_dir)?;
+        ensure!(
+            recorded == exp,
+            "{}: the experiment differs from the one this run started with \
+             (compare {} with {}); resume with the same file and --set overrides",
+            run_dir.display(),
+            path.display(),
+            run_dir.join("experiment.yaml").display()
+        );
+    } else if run_dir.exists() {
+        let non_empty = std::fs::read_dir(&run_dir)?.next().is_some();
+        ensure!(
+            !non_empty,
+            "{} already holds a run: use --resume to continue it, or another --run-dir",
+            run_dir.display()
+        );
+    }
+    let (pins, cache_path) = verify_pins(&exp, &path, opts.no_hash_cache)?;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("creating {}", run_dir.display()))?;
+    let started = metrics::utc_now();
+    let record = json!({
+        "started_utc": started,
+        "command": opts.command_line,
+        "experiment_file": path,
+        "overrides": loaded.overrides,
+        "git_commit": git(&["rev-parse", "HEAD"]),
+        "git_dirty": git(&["status", "--porcelain"]).map(|s| !s.is_empty()),
+        "cargo_lock_sha256": roomplan_prep::manifest::sha256_hex(CARGO_LOCK),
+        "host": host(),
+        "threads": rayon::current_num_threads(),
+        "hash_cache": cache_path,
+        "pins_from_hash_cache": pins.iter().filter(|p| p.from_cache).map(|p| p.field.clone()).collect::<Vec<_>>(),
+    });
+    if opts.resume {
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(run_dir.join("resumes.jsonl"))?;
+        use std::io::Write;
+        writeln!(log, "{}", serde_json::to_string(&record)?)?;
+    } else {
+        roomplan_prep::shard::write_atomic(&run_dir.join("experiment.yaml"), exp.to_yaml()?.as_bytes())?;
+        write_json(&run_dir.join("pins.json"), &json!({ "pins": pins }))?;
+        write_json(&run_dir.join("run.json"), &record)?;
+    }
+
+    // 2. Model, data, optimizer, schedule.
+    let device = device()?;
+    let asm = assemble(&exp, &device)?;
+    let corpus = Arc::new(Corpus::new(&exp, asm.tokenizer.clone(), &exp.data.datasets)?);
+    let t = &exp.train;
+    let per_step = t.micro_batch * t.grad_accum;
+    let steps_per_epoch = (corpus.epoch_len() / per_step) as u64;
+    let total_steps = match (t.max_steps, t.epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => e * steps_per_epoch,
+        (None, None) => unreachable!("validated: one of max_steps and epochs"),
+    };
+    ensure!(
+        total_steps > 0,
+        "the run has no step: {} training samples, {per_step} per step",
+        corpus.epoch_len()
+    );
+    let schedule = WarmupCosine {
+        warmup_steps: (total_steps as f64 * exp.schedule.warmup_fraction).round() as u64,
+        total_steps,
+        min_ratio: exp.schedule.min_lr_ratio,
+    };
+    let vars = asm.model.trainable_vars();
+    let mut optimizer = AdamW::with_groups(param_groups(&vars, &exp.optim))?;
+    let mut state = TrainState {
+        step: 0,
+        cursor: Default::default(),
+        total_steps,
+        warmup_steps: schedule.warmup_steps,
+        samples_seen: 0,
+        tokens_seen: 0,
+        seed: exp.seed,
+    };
+    if opts.resume {
+        let (step, dir) = checkpoint::find(&run_dir, None)?;
+        checkpoint::load_vars(&vars, &dir.join(checkpoint::TRAINABLE_FILE))?;
+        optimizer.load(&dir.join(checkpoint::OPTIMIZER_FILE))?;
+        state = checkpoint::load_state(&dir)?;
+        ensure!(state.step == step, "{}: state.json says step {}", dir.display(), state.step);
+        metrics::truncate_to_step(&run_dir, step)?;
+        eprintln!("resuming {} from {}", run_dir.display(), dir.display());
+    }
+    let stop_at = opts.max_steps.map_or(total_steps, |m| m.min(total_steps));
+
+    // 3. The loop.
+    let mut loader = Loader::start(
+        corpus.clone(),
+        state.cursor,
+        t.micro_batch,
+        opts.loader_threads,
+        2 * t.grad_accum,
+    )?;
+    let mut log = MetricsLog::open(&run_dir)?;
+    let bar = progress_bar(opts.progress, state.step, stop_at);
+    let mut last_checkpoint = checkpoint::list(&run_dir)?.last().map(|c| c.0);
+    while state.step < stop_at {
+        let step = state.step + 1;
+        let started = Instant::now();
+        asm.model
+            .lora()
+            .set_dropout_seed(derive_seed(exp.seed, &[STREAM_LORA_DROPOUT, step]));
+        let mut grads = GradStore::default();
+        let (mut loss_sum, mut samples, mut tokens, mut truncated) = (0f64, 0usize, 0usize, 0usize);
+        let mut sample_ids = Vec::new();
+        let mut waited = 0f64;
+        let mut cursor = state.cursor;
+        let mut epoch = cursor.epoch;
+        for _ in 0..t.grad_accum {
+            let wait = Instant::now();
+            let batch = loader.next_batch()?;
+            waited += wait.elapsed().as_secs_f64();
+            sample_ids.extend(batch.examples.iter().map(|e| e.sample_id.clone()));
+            samples += batch.examples.len();
+            tokens += batch
+                .examples
+                .iter()
+                .map(|e| e.text.labels.iter().filter(|&&l| l != IGNORE_INDEX).count())
+                .sum::<usize>();
+            truncated += batch.examples.iter().map(|e| e.truncated).sum::<usize>();
+            cursor = batch.next;
+            epoch = batch.epoch;
+            let fused = asm.fused_examples(&batch.examples)?;
+            let loss = asm.model.loss(&fused)?;
+            let value = loss.to_scalar::<f32>()?;
+            if !value.is_finite() {
+                return Err(NonFinite {
+                    step,
+                    what: format!("loss {value}"),
+                    sample_ids,
+                    last_checkpoint,
+                }
+                .into());
+            }
+            loss_sum += value as f64;
+            let micro = (loss / t.grad_accum as f64)?.backward()?;
+            for (_, var) in &vars {
+                if let Some(g) = micro.get(var.as_tensor()) {
+                    let sum = match grads.get(var.as_tensor()) {
+                        Some(acc) => (acc + g)?,
+                        None => g.clone(),
+                    };
+                    grads.insert(var.as_tensor(), sum.detach());
+                }
+            }
+        }
+        let max_norm = exp.optim.max_grad_norm.unwrap_or(f64::INFINITY);
+        let grad_norm = clip_grad_norm(&mut grads, &vars, max_norm)?;
+        if !grad_norm.is_finite() {
+            return Err(NonFinite {
+                step,
+                what: format!("gradient norm {grad_norm}"),
+                sample_ids,
+                last_checkpoint,
+            }
+            .into());
+        }
+        optimizer.set_lr_factor(schedule.factor(step));
+        optimizer.step(&grads)?;
+        drop(grads);
+        state.step = step;
+        state.cursor = cursor;
+        state.samples_seen += samples as u64;
+        state.tokens_seen += tokens as u64;
+        let seconds = started.elapsed().as_secs_f64();
+        let line = StepLine {
+            kind: "train".into(),
+            step,
+            epoch,
+            loss: loss_sum / t.grad_accum as f64,
+            lr: optimizer.learning_rates().into_iter().collect(),
+            grad_norm,
+            samples,
+            tokens,
+            truncated_tokens: truncated,
+            seconds,
+            tokens_per_s: tokens as f64 / seconds,
+            samples_per_s: samples as f64 / seconds,
+            loader_wait_s: waited,
+            peak_rss_mib: metrics::peak_rss_mib(),
+        };
+        log.write(&line)?;
+        bar.set_message(format!("loss {:.4} lr {:.2e}", line.loss, schedule.factor(step) * exp.optim.lr_projector));
+        bar.inc(1);
+
+        let last = step == stop_at;
+        if exp.eval.every > 0 && (step.is_multiple_of(exp.eval.every) || last) {
+            let eval = evaluate(&asm, &corpus, &exp, step, epoch)?;
+            bar.println(format!(
+                "step {step}: eval {}",
+                serde_json::to_string(&(&eval.val_loss, &eval.metrics))?
+            ));
+            log.write(&eval)?;
+        }
+        if step.is_multiple_of(t.checkpoint_every) || last {
+            checkpoint::save(&run_dir, &state, t.keep_checkpoints, |dir| {
+                checkpoint::save_vars(&vars, &dir.join(checkpoint::TRAINABLE_FILE))?;
+                optimizer.save(&dir.join(checkpoint::OPTIMIZER_FILE))?;
+                asm.model.lora().save(&dir.join(checkpoint::ADAPTER_DIR))
+            })?;
+            last_checkpoint = Some(step);
+        }
+    }
+    bar.finish();
+    eprintln!(
+        "{}: {} steps, {} samples; checkpoints in {}",
+        run_dir.display(),
+        state.step,
+        state.samples_seen,
+        run_dir.join(checkpoint::CHECKPOINTS_DIR).display()
+    );
+    Ok(run_dir)
+}
+
+fn progress_bar(show: bool, done: u64, total: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(total),
+        if show {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} {per_sec} ETA {eta}")
+            .expect("valid template"),
+    );
+    bar.set_position(done);
+    bar
+}
+
+/// Validation loss and answer metrics on each dataset's fixed evaluation subset.
+fn evaluate(asm: &Assembled, corpus: &Corpus, exp: &Experiment, step: u64, epoch: u64) -> Result<EvalLine> {
+    let started = Instant::now();
+    let mut val_loss = BTreeMap::new();
+    let mut metrics = BTreeMap::new();
+    for (i, src) in corpus.sources.iter().enumerate() {
+        let rows = corpus.eval_rows(i, exp.eval.max_samples);
+        if rows.is_empty() {
+            continue;
+        }
+        if let Some(l) = validation_loss(asm, corpus, i, rows, exp.train.micro_batch)? {
+            val_loss.insert(src.name.clone(), l);
+        }
+        let items = predict_rows(asm, corpus, i, rows, exp.eval.max_new_tokens, |_| {})?;
+        for (k, v) in answer_metrics(exp.stage, &items) {
+            metrics.insert(format!("{}/{k}", src.name), v);
+        }
+    }
+    Ok(EvalLine {
+        kind: "eval".into(),
+        step,
+        epoch,
+        val_loss,
+        metrics,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
