@@ -83,8 +83,10 @@ def shared_unit_tests(meta):
                 if not more:
                     break
                 reads |= more
-            rel = f.relative_to(src).with_suffix("")
-            parts = [x for x in rel.parts if x not in ("lib", "main", "mod")]
+            rel = f.relative_to(src).with_suffix("").parts
+            if rel[0] == "bin":  # src/bin/<name>.rs or src/bin/<name>/...: the root of a binary crate
+                rel = rel[2:]
+            parts = [x for x in rel if x not in ("lib", "main", "mod")]
             prefix = "::".join(parts + ["tests"])
             found |= {f"{prefix}::{n}" for n in tests & reads}
     return found
