@@ -14,12 +14,19 @@ step() { echo; echo "==> $*"; }
 step "install test tools"
 bash ci/install.sh
 
-step "cargo test (workspace)"
-cargo test --workspace --locked
+# The suite in two halves (ci/shared_tests.json, ci/test_selection.py), each test run once: the first is
+# exactly what the flake's Nix check runs, and runs with ROOMPLAN_SHARED at a missing folder, which
+# proves those tests need no ../shared.
+step "cargo test: all but the tests that read ../shared (the flake's Nix check), without ../shared"
+python3 ci/test_selection.py run-without-shared
+
+step "cargo test: the tests that read ../shared (CI only), and the doc tests"
+python3 ci/test_selection.py run-shared
 
 step "binaries"
-# --tests keeps the feature set of the test build above, so the binaries are not compiled a second time.
-cargo build --locked --workspace --bins --tests
+# --tests keeps the feature set of the test build above, so the binaries are not compiled a second time;
+# --examples: the test runs above select their targets, so they no longer compile the examples.
+cargo build --locked --workspace --bins --tests --examples
 bin="${CARGO_TARGET_DIR:-target}/debug"
 
 step "tools parity on the shared fixtures"
