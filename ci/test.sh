@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run): Rust tests (unit, golden snapshots, property tests,
 # parity against ../shared/parity), the parity tool on the shared fixtures, an end-to-end run
-# synth → prep-* → tools shard verify read back by pyarrow and scored by tools eval, and the flake evaluation.
+# synth → prep-* → tools shard verify read back by pyarrow and scored by tools eval, the main job
+# (tools/demo.sh: through training, prediction and scoring), and the flake evaluation.
 # Runs on a clean clone with ../shared beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +51,9 @@ if "$bin/prep-scanqa" --scannet "$work/raw/scannet" --scanqa "$work/raw/scanqa" 
 fi
 python3 ci/pyarrow_check.py "$work/shards/scanqa" "$work/shards/sqa3d" "$work/shards/arkit"
 python3 ci/oracle_eval.py "$bin/tools" "$work/shards/scanqa" "$work/shards/sqa3d" "$work/shards/arkit"
+
+step "the main job: tools/demo.sh (synth → prep → train tiny, its pins verified → predict → tools eval)"
+ROOMPLAN_BIN="$bin" bash tools/demo.sh
 
 step "flake evaluation"
 bash ci/flake_check.sh

@@ -33,8 +33,7 @@ fn jpeg(colour: [u8; 3], shade: f32) -> Vec<u8> {
     out
 }
 
-/// Writes the dataset: `scenes` rooms (the last two are `val` and `test`, the rest `train`), three
-/// questions each.
+/// Writes the dataset: `scenes` rooms (see the split rule below), three questions each.
 pub fn write_dataset(dir: &Path, scenes: usize) -> String {
     let mut w = DatasetWriter::create(dir, WriterOptions::default()).unwrap();
     for i in 0..scenes {
@@ -72,9 +71,11 @@ pub fn write_dataset(dir: &Path, scenes: usize) -> String {
             axis_alignment_from_metadata: false,
         })
         .unwrap();
+        // The last room is `test`, the (scenes − 2) / 3 before it `val`, the rest `train`.
+        let val = ((scenes - 2) / 3).max(1);
         let split = match scenes - i {
             1 => "test",
-            2 => "val",
+            k if k <= val + 1 => "val",
             _ => "train",
         };
         let questions = [
@@ -178,10 +179,16 @@ eval:
     )
 }
 
-/// Builds the world under `root` and pins the experiment with the library's `pin_experiment`.
+/// Builds the world (6 rooms) under `root` and pins the experiment with the library's
+/// `pin_experiment`.
 pub fn build(root: &Path) -> World {
+    build_with(root, 6)
+}
+
+/// [`build`] with `scenes` rooms.
+pub fn build_with(root: &Path, scenes: usize) -> World {
     let dataset = root.join("data");
-    write_dataset(&dataset, 6);
+    write_dataset(&dataset, scenes);
     let sizes = TinySizes {
         vocab_size: 300,
         hidden: 32,
