@@ -63,11 +63,13 @@ pub struct Example {
     pub record: SampleRecord,
 }
 
-/// A micro-batch, the epoch it belongs to and the cursor after it.
+/// A micro-batch, the epoch it belongs to, the cursor after it, and how long the loader took to
+/// prepare it (reading, decoding, tokenizing).
 pub struct Batch {
     pub examples: Vec<Example>,
     pub epoch: u64,
     pub next: Cursor,
+    pub prepare_seconds: f64,
 }
 
 /// The experiment's datasets, tokenizer and prompt settings, shared with the loader thread.
@@ -415,6 +417,7 @@ impl Loader {
                         .collect();
                     let epoch = cursor.epoch;
                     let seed = corpus.seed;
+                    let started = std::time::Instant::now();
                     let examples: Result<Vec<Example>> = pool.install(|| {
                         slots
                             .par_iter()
@@ -432,10 +435,12 @@ impl Loader {
                         };
                     }
                     let failed = examples.is_err();
+                    let prepare_seconds = started.elapsed().as_secs_f64();
                     let item = examples.map(|examples| Batch {
                         examples,
                         epoch,
                         next: cursor,
+                        prepare_seconds,
                     });
                     if tx.send(item).is_err() || failed {
                         return;

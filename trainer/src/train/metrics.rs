@@ -35,6 +35,9 @@ pub struct StepLine {
     pub samples_per_s: f64,
     /// Seconds the step waited for the loader (0 when batches were ready).
     pub loader_wait_s: f64,
+    /// Micro-batches the loader prepares per second of its own work (compare with the steps' rate:
+    /// while it is higher, decoding never stalls a step).
+    pub loader_batches_per_s: f64,
     pub peak_rss_mib: f64,
 }
 

@@ -272,12 +272,14 @@ pub fn train(opts: &TrainOptions) -> Result<PathBuf> {
         let (mut loss_sum, mut samples, mut tokens, mut truncated) = (0f64, 0usize, 0usize, 0usize);
         let mut sample_ids = Vec::new();
         let mut waited = 0f64;
+        let mut preparing = 0f64;
         let mut cursor = state.cursor;
         let mut epoch = cursor.epoch;
         for _ in 0..t.grad_accum {
             let wait = Instant::now();
             let batch = loader.next_batch()?;
             waited += wait.elapsed().as_secs_f64();
+            preparing += batch.prepare_seconds;
             sample_ids.extend(batch.examples.iter().map(|e| e.sample_id.clone()));
             samples += batch.examples.len();
             tokens += batch
@@ -345,6 +347,7 @@ pub fn train(opts: &TrainOptions) -> Result<PathBuf> {
             tokens_per_s: tokens as f64 / seconds,
             samples_per_s: samples as f64 / seconds,
             loader_wait_s: waited,
+            loader_batches_per_s: t.grad_accum as f64 / preparing.max(1e-9),
             peak_rss_mib: metrics::peak_rss_mib(),
         };
         log.write(&line)?;
