@@ -28,10 +28,14 @@ pub struct StepLine {
     pub samples: usize,
     /// Answer tokens (those with a label).
     pub tokens: usize,
+    /// Every token of the step's sequences (prompt, image slots, answer; no padding).
+    pub input_tokens: usize,
     /// Prompt tokens cut to fit `max_seq_len` in this step.
     pub truncated_tokens: usize,
     pub seconds: f64,
+    /// Answer tokens per second.
     pub tokens_per_s: f64,
+    pub input_tokens_per_s: f64,
     pub samples_per_s: f64,
     /// Seconds the step waited for the loader (0 when batches were ready).
     pub loader_wait_s: f64,

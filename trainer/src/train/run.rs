@@ -270,6 +270,7 @@ pub fn train(opts: &TrainOptions) -> Result<PathBuf> {
             .set_dropout_seed(derive_seed(exp.seed, &[STREAM_LORA_DROPOUT, step]));
         let mut grads = GradStore::default();
         let (mut loss_sum, mut samples, mut tokens, mut truncated) = (0f64, 0usize, 0usize, 0usize);
+        let mut input_tokens = 0usize;
         let mut sample_ids = Vec::new();
         let mut waited = 0f64;
         let mut preparing = 0f64;
@@ -288,6 +289,7 @@ pub fn train(opts: &TrainOptions) -> Result<PathBuf> {
                 .map(|e| e.text.labels.iter().filter(|&&l| l != IGNORE_INDEX).count())
                 .sum::<usize>();
             truncated += batch.examples.iter().map(|e| e.truncated).sum::<usize>();
+            input_tokens += batch.examples.iter().map(|e| e.text.ids.len()).sum::<usize>();
             cursor = batch.next;
             epoch = batch.epoch;
             let fused = asm.fused_examples(&batch.examples)?;
@@ -342,9 +344,11 @@ pub fn train(opts: &TrainOptions) -> Result<PathBuf> {
             grad_norm,
             samples,
             tokens,
+            input_tokens,
             truncated_tokens: truncated,
             seconds,
             tokens_per_s: tokens as f64 / seconds,
+            input_tokens_per_s: input_tokens as f64 / seconds,
             samples_per_s: samples as f64 / seconds,
             loader_wait_s: waited,
             loader_batches_per_s: t.grad_accum as f64 / preparing.max(1e-9),
