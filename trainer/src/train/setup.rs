@@ -7,6 +7,7 @@ use candle_core::{Device, Tensor};
 use crate::model::chat::ChatTokenizer;
 use crate::model::fused::{encode_views, FusedConfig, FusedExample, FusedModel};
 use crate::model::geometry_head::GeometryHeadConfig;
+use crate::model::hub::{shard_names, WEIGHTS_INDEX};
 use crate::model::lora::Lora;
 use crate::model::perceiver::PerceiverConfig;
 use crate::model::qwen3::Qwen3;
@@ -44,6 +45,16 @@ pub fn assemble(exp: &Experiment, device: &Device) -> Result<Assembled> {
         !weights.is_empty(),
         "model.llm.files lists no .safetensors weight file"
     );
+    if llm_spec.files.contains_key(WEIGHTS_INDEX) {
+        let index = resolve_file(llm_spec, WEIGHTS_INDEX).context("model.llm")?;
+        let mut named = shard_names(&index)?;
+        named.sort();
+        ensure!(
+            named.iter().map(String::as_str).eq(weights.iter().copied()),
+            "{} names the weight files {named:?}, model.llm.files lists {weights:?}",
+            index.display()
+        );
+    }
     let config = resolve_file(llm_spec, "config.json").context("model.llm")?;
     let weights = weights
         .iter()
