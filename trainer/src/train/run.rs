@@ -9,6 +9,7 @@
 //! `metrics.jsonl`, `checkpoints/step-N/`, later `predictions/` and `scores/`.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -260,7 +261,7 @@ pub fn train(opts: &TrainOptions) -> Result<PathBuf> {
         2 * t.grad_accum,
     )?;
     let mut log = MetricsLog::open(&run_dir)?;
-    let bar = progress_bar(opts.progress, state.step, stop_at);
+    let progress = Progress::new(opts.progress, state.step, stop_at);
     let mut last_checkpoint = checkpoint::list(&run_dir)?.last().map(|c| c.0);
     while state.step < stop_at {
         let step = state.step + 1;
@@ -355,13 +356,12 @@ pub fn train(opts: &TrainOptions) -> Result<PathBuf> {
             peak_rss_mib: metrics::peak_rss_mib(),
         };
         log.write(&line)?;
-        bar.set_message(format!("loss {:.4} lr {:.2e}", line.loss, schedule.factor(step) * exp.optim.lr_projector));
-        bar.inc(1);
+        progress.step(step, line.loss, schedule.factor(step) * exp.optim.lr_projector);
 
         let last = step == stop_at;
         if exp.eval.every > 0 && (step.is_multiple_of(exp.eval.every) || last) {
             let eval = evaluate(&asm, &corpus, &exp, step, epoch)?;
-            bar.println(format!(
+            progress.println(format!(
                 "step {step}: eval {}",
                 serde_json::to_string(&(&eval.val_loss, &eval.metrics))?
             ));
@@ -376,7 +376,7 @@ pub fn train(opts: &TrainOptions) -> Result<PathBuf> {
             last_checkpoint = Some(step);
         }
     }
-    bar.finish();
+    progress.finish();
     eprintln!(
         "{}: {} steps, {} samples; checkpoints in {}",
         run_dir.display(),
@@ -387,21 +387,69 @@ pub fn train(opts: &TrainOptions) -> Result<PathBuf> {
     Ok(run_dir)
 }
 
-fn progress_bar(show: bool, done: u64, total: u64) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(
-        Some(total),
-        if show {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        },
-    );
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} {per_sec} ETA {eta}")
-            .expect("valid template"),
-    );
-    bar.set_position(done);
-    bar
+/// Progress of the loop: an indicatif bar (loss, lr, it/s, ETA) on a terminal; plain lines about
+/// every 5 % of the run when stderr is a file or a pipe (CI logs, nohup), so progress always shows.
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: u64,
+    every: u64,
+    started: Instant,
+    first: u64,
+}
+
+impl Progress {
+    fn new(show: bool, done: u64, total: u64) -> Self {
+        let bar = (show && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} steps {msg} {per_sec} ETA {eta}",
+                )
+                .expect("valid template"),
+            );
+            bar.set_position(done);
+            bar
+        });
+        Self {
+            bar,
+            total,
+            every: (total / 20).max(1),
+            started: Instant::now(),
+            first: done,
+        }
+    }
+
+    fn step(&self, step: u64, loss: f64, lr: f64) {
+        let msg = format!("loss {loss:.4} lr {lr:.2e}");
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(msg);
+                bar.set_position(step);
+            }
+            None if step.is_multiple_of(self.every) || step == self.total => {
+                let rate = (step - self.first) as f64 / self.started.elapsed().as_secs_f64();
+                let eta = (self.total - step) as f64 / rate.max(1e-9);
+                eprintln!(
+                    "step {step}/{} {msg} {rate:.2} it/s ETA {eta:.0}s",
+                    self.total
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn println(&self, line: String) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
 }
 
 /// Validation loss and answer metrics on each dataset's fixed evaluation subset.
