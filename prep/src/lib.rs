@@ -6,6 +6,7 @@
 pub mod shard;
 pub mod manifest;
 pub mod rejects;
+pub mod json_records;
 pub mod geometry;
 pub mod pipeline;
 // ScanNet-based datasets (issue 3).
