@@ -43,6 +43,9 @@ use crate::manifest::{
     MANIFEST_FILE,
 };
 use crate::rejects::{Reject, RejectLog, REJECTS_FILE};
+pub use crate::staging::is_dataset_file_name;
+pub use crate::staging::CommitStep;
+use crate::staging::Staged;
 
 /// Version of the schemas below; stored in each file's schema metadata and in the manifest. Bump it
 /// on any change of a field name, type or meaning.
@@ -1090,7 +1093,9 @@ impl<R: TableRecord> TableWriter<R> {
 /// Writes one dataset folder: scenes, samples, rejects and, on [`finish`](DatasetWriter::finish),
 /// the manifest. Feed records in a deterministic order (e.g. sorted by scene) for byte-identical output.
 pub struct DatasetWriter {
+    /// Where files are written until finish: the staging folder.
     dir: PathBuf,
+    staged: Staged,
     part: Option<Part>,
     scenes: TableWriter<SceneRecord>,
     samples: TableWriter<SampleRecord>,
@@ -1102,16 +1107,11 @@ pub struct DatasetWriter {
     depth_bins: Option<usize>,
 }
 
-/// Files of a dataset folder that a writer owns (and may replace).
-fn is_dataset_file(name: &str) -> bool {
-    name == MANIFEST_FILE
-        || name == REJECTS_FILE
-        || name.ends_with(".arrow")
-        || name.ends_with(".tmp")
-}
-
 impl DatasetWriter {
-    /// Create (or reuse, when empty of dataset files) the output folder.
+    /// Start writing the dataset folder `dir`. The files are written beside it and take their final
+    /// place only in [`finish`](Self::finish) ([`crate::staging`]): a folder that already holds a
+    /// dataset is refused unless `options.replace_existing`, and even then keeps the old dataset
+    /// until the new one is complete.
     pub fn create(dir: &Path, options: WriterOptions) -> Result<DatasetWriter, ShardError> {
         if let Some(part) = options.part {
             if part.count == 0 || part.index >= part.count {
@@ -1121,26 +1121,14 @@ impl DatasetWriter {
                 )));
             }
         }
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-            let entry = entry.map_err(io_err(dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if is_dataset_file(&name) {
-                if options.replace_existing {
-                    std::fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
-                } else {
-                    return Err(ShardError::Dataset(format!(
-                        "output folder {} already holds dataset files ({name}); choose another folder or replace it",
-                        dir.display()
-                    )));
-                }
-            }
-        }
+        let staged = Staged::begin(dir, options.replace_existing)?;
+        let work = staged.path().to_path_buf();
         Ok(DatasetWriter {
-            dir: dir.to_path_buf(),
+            dir: work.clone(),
+            staged,
             part: options.part.filter(|p| p.count > 1),
-            scenes: TableWriter::new(dir, &options),
-            samples: TableWriter::new(dir, &options),
+            scenes: TableWriter::new(&work, &options),
+            samples: TableWriter::new(&work, &options),
             rejects: RejectLog::new(),
             scene_ids: HashSet::new(),
             sample_ids: HashSet::new(),
@@ -1150,8 +1138,9 @@ impl DatasetWriter {
         })
     }
 
+    /// The dataset folder (where the dataset appears on [`finish`](Self::finish)).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.staged.final_dir()
     }
 
     /// Append a scene. Scene ids are unique; every geometry's `depth_hist` has one length.
@@ -1230,6 +1219,27 @@ impl DatasetWriter {
         tool: ToolInfo,
         raw_inputs: Vec<RawInput>,
     ) -> Result<(Manifest, String), ShardError> {
+        self.finish_until(tool, raw_inputs, None)
+    }
+
+    /// [`finish`](Self::finish) as if the process died just before `step` of putting the dataset
+    /// in place (see [`Staged::commit_interrupted`]). Not for use outside tests.
+    #[doc(hidden)]
+    pub fn finish_interrupted(
+        self,
+        tool: ToolInfo,
+        raw_inputs: Vec<RawInput>,
+        step: CommitStep,
+    ) -> Result<(Manifest, String), ShardError> {
+        self.finish_until(tool, raw_inputs, Some(step))
+    }
+
+    fn finish_until(
+        self,
+        tool: ToolInfo,
+        raw_inputs: Vec<RawInput>,
+        stop: Option<CommitStep>,
+    ) -> Result<(Manifest, String), ShardError> {
         if let Some(missing) = self
             .sample_scenes
             .iter()
@@ -1266,6 +1276,10 @@ impl DatasetWriter {
         let digest = manifest
             .write(&self.dir)
             .map_err(io_err(&self.dir.join(MANIFEST_FILE)))?;
+        match stop {
+            None => self.staged.commit()?,
+            Some(step) => self.staged.commit_interrupted(step)?,
+        }
         Ok((manifest, digest))
     }
 }
@@ -1440,7 +1454,8 @@ impl<R: TableRecord> TableReader<R> {
         let mut files = Vec::new();
         let mut starts = vec![0];
         for entry in entries {
-            let shard = ShardFile::open(&dir.join(&entry.path), &schema)?;
+            let path = dataset_file(dir, &entry.path).map_err(|e| format_err(&dir.join(&entry.path), e))?;
+            let shard = ShardFile::open(&path, &schema)?;
             if shard.num_rows() as u64 != entry.rows {
                 return Err(format_err(
                     shard.path(),
@@ -1627,9 +1642,15 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport, ShardError> {
     for entry in &manifest.files {
         listed.insert(entry.path.clone());
         report.files_checked += 1;
-        let path = dir.join(&entry.path);
         let problem = |report: &mut VerifyReport, what: String| {
             report.problems.push(format!("{}: {what}", entry.path))
+        };
+        let path = match dataset_file(dir, &entry.path) {
+            Ok(path) => path,
+            Err(e) => {
+                problem(&mut report, e);
+                continue;
+            }
         };
         match sha256_file(&path) {
             Err(e) => {
@@ -1685,7 +1706,7 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport, ShardError> {
             .file_name()
             .to_string_lossy()
             .into_owned();
-        if is_dataset_file(&name) && name != MANIFEST_FILE && !listed.contains(&name) {
+        if is_dataset_file_name(&name) && name != MANIFEST_FILE && !listed.contains(&name) {
             unlisted.push(name);
         }
     }
@@ -1696,6 +1717,21 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport, ShardError> {
             .map(|name| format!("{name}: not listed in the manifest")),
     );
     Ok(report)
+}
+
+/// The path of a file the manifest lists, which must be a regular file directly inside the dataset
+/// folder: not a symbolic link (it could point anywhere). Names are checked by [`Manifest::read`].
+fn dataset_file(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let path = dir.join(name);
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(format!(
+            "is a symbolic link{}; a dataset's files must lie in its folder",
+            std::fs::read_link(&path)
+                .map(|t| format!(" to {}", t.display()))
+                .unwrap_or_default()
+        )),
+        _ => Ok(path),
+    }
 }
 
 /// Rows of an Arrow file (schema checked); adds the scenes' views to `views`.
@@ -1755,17 +1791,15 @@ pub fn merge_datasets(out: &Path, parts: &[PathBuf]) -> Result<(Manifest, String
         );
         manifests.push(dataset.manifest);
     }
-    std::fs::create_dir_all(out).map_err(io_err(out))?;
-    if std::fs::read_dir(out)
-        .map_err(io_err(out))?
-        .next()
-        .is_some()
-    {
+    if std::fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(ShardError::Dataset(format!(
             "merge output folder {} is not empty",
             out.display()
         )));
     }
+    // Written beside `out` and put in place complete.
+    let staged = Staged::begin(out, false)?;
+    let work = staged.path();
     let rejects_entry = FileEntry {
         path: REJECTS_FILE.into(),
         kind: FileKind::Rejects,
@@ -1776,7 +1810,7 @@ pub fn merge_datasets(out: &Path, parts: &[PathBuf]) -> Result<(Manifest, String
     let manifest = Manifest::merge(&manifests, rejects_entry)?;
     for (dir, m) in parts.iter().zip(&manifests) {
         for entry in m.files.iter().filter(|f| f.kind != FileKind::Rejects) {
-            let target = out.join(&entry.path);
+            let target = work.join(&entry.path);
             if target.exists() {
                 return Err(ShardError::Dataset(format!(
                     "two parts have a file named {}",
@@ -1795,11 +1829,12 @@ pub fn merge_datasets(out: &Path, parts: &[PathBuf]) -> Result<(Manifest, String
         }
     }
     rejects
-        .write(out)
-        .map_err(io_err(&out.join(REJECTS_FILE)))?;
+        .write(work)
+        .map_err(io_err(&work.join(REJECTS_FILE)))?;
     let digest = manifest
-        .write(out)
-        .map_err(io_err(&out.join(MANIFEST_FILE)))?;
+        .write(work)
+        .map_err(io_err(&work.join(MANIFEST_FILE)))?;
+    staged.commit()?;
     Ok((manifest, digest))
 }
 
