@@ -419,11 +419,28 @@ pub fn run_scenes<T: Sync>(
     progress.set_prefix(tool.name.clone());
     run_ordered(&jobs, args.threads(), &process, |i, out: SceneOutput| {
         writer.rejects().extend(out.rejects);
+        // The readers check what they read; this is the last gate before the shards: a scene or
+        // sample with a non-finite or implausible number is rejected, never written.
+        let source = out
+            .raw_inputs
+            .first()
+            .map_or_else(|| jobs[i].scene_id.clone(), |input| input.path.clone());
         raw_inputs.extend(out.raw_inputs);
         if let Some(scene) = out.scene {
-            writer.write_scene(scene)?;
-            for sample in out.samples {
-                writer.write_sample(sample)?;
+            if let Err(e) = scene.check() {
+                let reason = format!("scene {} rejected: {e}", scene.scene_id);
+                writer.reject(Reject::new(&source, &scene.scene_id, &reason));
+                for sample in out.samples {
+                    writer.reject(Reject::new(&source, &sample.sample_id, &reason));
+                }
+            } else {
+                writer.write_scene(scene)?;
+                for sample in out.samples {
+                    match sample.check() {
+                        Ok(()) => writer.write_sample(sample)?,
+                        Err(e) => writer.reject(Reject::new(&source, &sample.sample_id, e)),
+                    }
+                }
             }
         } else if !out.samples.is_empty() {
             bail!(

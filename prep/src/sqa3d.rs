@@ -265,6 +265,13 @@ fn check(q: &RawQuestion, a: &RawAnnotation) -> Result<(), String> {
     if a.answers.is_empty() {
         return Err("annotation has no answers".into());
     }
+    let p = [a.position.x, a.position.y, a.position.z];
+    if p.iter().any(|x| !x.is_finite() || x.abs() > crate::geometry::MAX_COORDINATE_M) {
+        return Err(format!(
+            "position {p:?} is not finite or beyond {} m of the scene centre: not a plausible place",
+            crate::geometry::MAX_COORDINATE_M
+        ));
+    }
     let r = &a.rotation;
     let norm2 = r._x * r._x + r._y * r._y + r._z * r._z + r._w * r._w;
     if !(norm2.is_finite() && norm2 > 1e-12) {
