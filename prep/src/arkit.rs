@@ -309,14 +309,39 @@ pub fn parse_traj(text: &str, file: &Path) -> (Vec<TrajPose>, Vec<ArkitError>) {
             errors.push(ArkitError::new(file, record, format!("non-finite value {bad}")));
             continue;
         }
+        // A rotation vector as cv2.Rodrigues writes it has an angle in [0, π]; beyond 2π it is not
+        // one (and a huge one gives NaN after the trigonometry).
+        let r = [numbers[1], numbers[2], numbers[3]];
+        let angle = geometry::norm(&r);
+        if angle > 2.0 * std::f64::consts::PI {
+            errors.push(ArkitError::new(
+                file,
+                record,
+                format!("rotation vector {r:?} has an angle of {angle} rad, beyond 2π: not an axis-angle rotation"),
+            ));
+            continue;
+        }
         let w2c = Rigid {
-            r: rodrigues(&[numbers[1], numbers[2], numbers[3]]),
+            r: rodrigues(&r),
             t: [numbers[4], numbers[5], numbers[6]],
         };
+        let c2w = w2c.inverse();
+        if let Err(e) = geometry::validate_pose(&c2w.to_mat4()) {
+            errors.push(ArkitError::new(file, record, e.to_string()));
+            continue;
+        }
+        if !(numbers[0] >= 0.0 && numbers[0] < 1e9) {
+            errors.push(ArkitError::new(
+                file,
+                record,
+                format!("timestamp {} s is not a plausible device time", numbers[0]),
+            ));
+            continue;
+        }
         poses.push(TrajPose {
             seconds: numbers[0],
             key: timestamp_key(numbers[0]),
-            c2w: w2c.inverse(),
+            c2w,
         });
     }
     (poses, errors)
@@ -370,6 +395,9 @@ impl PoseIndex {
     }
 }
 
+/// Largest plausible extent of an annotated box (a room-sized object), in metres.
+pub const MAX_BOX_SIZE_M: f64 = 50.0;
+
 /// A `.pincam`: image size and intrinsics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pincam {
@@ -395,17 +423,20 @@ pub fn parse_pincam(text: &str, file: &Path) -> Result<Pincam, ArkitError> {
         ));
     }
     let (w, h) = (numbers[0].round(), numbers[1].round());
-    if !(w >= 1.0 && h >= 1.0 && w <= 65535.0 && h <= 65535.0 && numbers[2] > 0.0 && numbers[3] > 0.0) {
+    if !(w >= 1.0 && h >= 1.0 && w <= 65535.0 && h <= 65535.0) {
         return Err(ArkitError::new(
             file,
             "whole file",
-            format!("implausible size or focal length in {numbers:?}"),
+            format!("implausible image size in {numbers:?}"),
         ));
     }
+    let k = geometry::intrinsics(numbers[2], numbers[3], numbers[4], numbers[5]);
+    geometry::validate_intrinsics(&k, w as u32, h as u32)
+        .map_err(|e| ArkitError::new(file, "whole file", e))?;
     Ok(Pincam {
         width: w as u32,
         height: h as u32,
-        k: geometry::intrinsics(numbers[2], numbers[3], numbers[4], numbers[5]),
+        k,
     })
 }
 
@@ -465,8 +496,18 @@ impl Obb {
         if all.clone().any(|x| !x.is_finite()) {
             return Err("box has a non-finite value".into());
         }
-        if self.axes_lengths.iter().any(|&l| l <= 0.0) {
-            return Err(format!("axesLengths {:?} must be positive", self.axes_lengths));
+        if self.axes_lengths.iter().any(|&l| l <= 0.0 || l > MAX_BOX_SIZE_M) {
+            return Err(format!(
+                "axesLengths {:?} must be positive and at most {MAX_BOX_SIZE_M} m",
+                self.axes_lengths
+            ));
+        }
+        if self.centroid.iter().any(|x| x.abs() > geometry::MAX_COORDINATE_M) {
+            return Err(format!(
+                "centroid {:?} is beyond {} m: not a plausible position",
+                self.centroid,
+                geometry::MAX_COORDINATE_M
+            ));
         }
         if let Some((i, j, d)) = non_orthonormal_pair(&[self.axis(0), self.axis(1), self.axis(2)], AXES_TOLERANCE) {
             return Err(format!(
@@ -1007,12 +1048,24 @@ fn prepare_video_inner(
         objects,
     };
     let instructions = synthesis::synthesize(&room, vid, &opts.synthesis);
+    let annotation_file = video.annotation_path();
     let samples = instructions
         .into_iter()
         .enumerate()
-        .map(|(i, ins)| {
-            let mut s = SampleRecord::new(format!("{vid}-{i:03}"), TASK, video.split(), vid, ins.text);
-            s.action_json = Some(ins.action.canonical_json());
+        .filter_map(|(i, ins)| {
+            let sample_id = format!("{vid}-{i:03}");
+            let action_json = ins.action.canonical_json();
+            // Every synthesized action passes the schema validator before it is written.
+            if let Err(e) = crate::actions::validate_text(&action_json) {
+                errors.push(ArkitError::new(
+                    &annotation_file,
+                    &sample_id,
+                    format!("the action synthesized from this annotation is not valid ({e}): {action_json}"),
+                ));
+                return None;
+            }
+            let mut s = SampleRecord::new(sample_id, TASK, video.split(), vid, ins.text);
+            s.action_json = Some(action_json);
             let referred: Vec<&str> = ins
                 .objects
                 .iter()
@@ -1030,7 +1083,7 @@ fn prepare_video_inner(
                 "frames_without_pose": without_pose,
             })
             .to_string();
-            s
+            Some(s)
         })
         .collect();
     Ok((scene, samples))

@@ -270,6 +270,8 @@ pub enum PoseError {
     NotOrthonormal { deviation: f64, tolerance: f64 },
     #[error("pose rotation is a reflection or degenerate: det R = {det:.6}, expected 1")]
     NotRotation { det: f64 },
+    #[error("pose translation {t:?} is beyond {MAX_COORDINATE_M} m: not a plausible position")]
+    FarTranslation { t: [f64; 3] },
 }
 
 /// Validate a raw 4×4 rigid pose with [`POSE_TOLERANCE`].
@@ -278,7 +280,8 @@ pub fn validate_pose(m: &Mat4) -> Result<Rigid, PoseError> {
 }
 
 /// Validate a raw 4×4 rigid pose: every entry finite, last row exactly `0 0 0 1` (within
-/// `tolerance`), rotation orthonormal (max |RᵀR − I| ≤ `tolerance`) with det ≈ +1.
+/// `tolerance`), rotation orthonormal (max |RᵀR − I| ≤ `tolerance`) with det ≈ +1, translation
+/// within [`MAX_COORDINATE_M`].
 pub fn validate_pose_with_tolerance(m: &Mat4, tolerance: f64) -> Result<Rigid, PoseError> {
     for (row, values) in m.iter().enumerate() {
         for (col, &value) in values.iter().enumerate() {
@@ -313,6 +316,9 @@ pub fn validate_pose_with_tolerance(m: &Mat4, tolerance: f64) -> Result<Rigid, P
     let det = det3(&pose.r);
     if (det - 1.0).abs() > tolerance {
         return Err(PoseError::NotRotation { det });
+    }
+    if pose.t.iter().any(|x| x.abs() > MAX_COORDINATE_M) {
+        return Err(PoseError::FarTranslation { t: pose.t });
     }
     Ok(pose)
 }
@@ -393,6 +399,86 @@ pub fn heading_yaw(d_ref: &Vec3) -> f64 {
 /// A pinhole intrinsics matrix from its four parameters.
 pub fn intrinsics(fx: f64, fy: f64, cx: f64, cy: f64) -> Mat3 {
     [[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]
+}
+
+/// Largest plausible camera translation or scene coordinate, in metres (a room scan spans tens of
+/// metres; the ARKitScenes laser-scan worlds a few hundred). Beyond it a number is garbage.
+pub const MAX_COORDINATE_M: f64 = 1e4;
+
+/// Field of view limits of a plausible camera: focal lengths between `size / 200` (about 179.4°)
+/// and `60 · size` (about 0.95°) pixels.
+const MIN_FOCAL_PER_PIXEL: f64 = 1.0 / 200.0;
+const MAX_FOCAL_PER_PIXEL: f64 = 60.0;
+
+/// How far the principal point may lie from the image centre, as a fraction of the image size
+/// (real cameras: a few percent; an image twice the size the intrinsics are for is off by a quarter). Farther means the intrinsics are for another image size.
+pub const MAX_PRINCIPAL_OFFSET: f64 = 0.2;
+
+/// Checks that `k` is a plausible pinhole intrinsics matrix for a `width`×`height` image: finite,
+/// `[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]` (zero skew), positive focal lengths within the field of
+/// view limits above, and the principal point within [`MAX_PRINCIPAL_OFFSET`] of the image centre
+/// (so inside the image). The message says what is wrong, with the values.
+pub fn validate_intrinsics(k: &Mat3, width: u32, height: u32) -> Result<(), String> {
+    if let Some((r, c)) = (0..9).map(|i| (i / 3, i % 3)).find(|&(r, c)| !k[r][c].is_finite()) {
+        return Err(format!("intrinsics have a non-finite entry at row {r}, column {c} ({})", k[r][c]));
+    }
+    let [fx, fy, cx, cy] = [k[0][0], k[1][1], k[0][2], k[1][2]];
+    if k[0][1] != 0.0 || k[1][0] != 0.0 || k[2] != [0.0, 0.0, 1.0] {
+        return Err(format!(
+            "intrinsics are not a pinhole matrix [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]: {k:?}"
+        ));
+    }
+    if width == 0 || height == 0 {
+        return Err(format!("image size {width}x{height} is empty"));
+    }
+    for (name, f, size) in [("fx", fx, width), ("fy", fy, height)] {
+        let size = size as f64;
+        if !(f >= size * MIN_FOCAL_PER_PIXEL && f <= size * MAX_FOCAL_PER_PIXEL) {
+            return Err(format!(
+                "focal length {name} = {f} px is implausible for a {width}x{height} image (expected {} to {} px)",
+                size * MIN_FOCAL_PER_PIXEL,
+                size * MAX_FOCAL_PER_PIXEL
+            ));
+        }
+    }
+    let (mx, my) = ((width as f64 - 1.0) / 2.0, (height as f64 - 1.0) / 2.0);
+    if (cx - mx).abs() > MAX_PRINCIPAL_OFFSET * width as f64 || (cy - my).abs() > MAX_PRINCIPAL_OFFSET * height as f64 {
+        return Err(format!(
+            "principal point ({cx}, {cy}) is not near the centre ({mx}, {my}) of the {width}x{height} image: the intrinsics are for another image size"
+        ));
+    }
+    Ok(())
+}
+
+/// [`validate_intrinsics`] for the 4×4 form of ScanNet (`[[fx,0,cx,0],[0,fy,cy,0],[0,0,1,0],[0,0,0,1]]`):
+/// also checks the extra row and column.
+pub fn validate_intrinsics4(m: &[[f64; 4]; 4], width: u32, height: u32) -> Result<(), String> {
+    let extra = [m[0][3], m[1][3], m[2][3], m[3][0], m[3][1], m[3][2], m[3][3]];
+    if extra != [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0] {
+        if let Some(bad) = extra.iter().find(|x| !x.is_finite()) {
+            return Err(format!("intrinsics have a non-finite entry ({bad})"));
+        }
+        return Err(format!(
+            "4x4 intrinsics must end in a zero column and the row [0, 0, 0, 1]: {m:?}"
+        ));
+    }
+    let k = [
+        [m[0][0], m[0][1], m[0][2]],
+        [m[1][0], m[1][1], m[1][2]],
+        [m[2][0], m[2][1], m[2][2]],
+    ];
+    validate_intrinsics(&k, width, height)
+}
+
+/// Checks that a rigid transform's numbers are finite and of plausible size (translation within
+/// [`MAX_COORDINATE_M`]); the rotation must already be validated (e.g. by [`validate_pose`]).
+pub fn check_translation(t: &Vec3) -> Result<(), String> {
+    if t.iter().any(|x| !x.is_finite() || x.abs() > MAX_COORDINATE_M) {
+        return Err(format!(
+            "translation {t:?} is not finite or beyond {MAX_COORDINATE_M} m"
+        ));
+    }
+    Ok(())
 }
 
 /// A rotation of an image by a multiple of 90°.

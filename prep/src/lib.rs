@@ -6,6 +6,8 @@
 pub mod shard;
 pub mod manifest;
 pub mod rejects;
+pub mod json_records;
+pub mod staging;
 pub mod geometry;
 pub mod pipeline;
 // ScanNet-based datasets (issue 3).

@@ -197,6 +197,18 @@ impl Manifest {
         if manifest.canonical_bytes() != bytes {
             return Err(ManifestError::NotCanonical { path });
         }
+        for (i, entry) in manifest.files.iter().enumerate() {
+            if !is_plain_file_name(&entry.path) {
+                return Err(ManifestError::BadPath {
+                    path,
+                    reason: format!(
+                        "files[{i}] ({}) has path {:?}, which is not a file name inside the dataset folder (absolute paths, `..` and sub-folders are refused)",
+                        entry.kind.name(),
+                        entry.path
+                    ),
+                });
+            }
+        }
         Ok(manifest)
     }
 
@@ -313,6 +325,17 @@ impl Manifest {
             raw_inputs: raw.into_values().collect(),
         })
     }
+}
+
+/// Whether a manifest `path` names a file directly inside the dataset folder: one plain
+/// component, no separator (`/` or `\`), not `.` or `..`, no NUL, not empty.
+pub fn is_plain_file_name(path: &str) -> bool {
+    !path.is_empty()
+        && path != "."
+        && path != ".."
+        && !path.contains(['/', '\\', '\0'])
+        && Path::new(path).components().count() == 1
+        && matches!(Path::new(path).components().next(), Some(Component::Normal(_)))
 }
 
 /// Recursively sort object keys so that equal JSON values have equal bytes.

@@ -272,6 +272,50 @@ impl InputRoot {
     }
 }
 
+/// `path` made absolute with symbolic links resolved as far as it exists (the rest appended
+/// lexically), so that two spellings of one place compare equal.
+fn resolved(path: &Path) -> Result<PathBuf> {
+    let absolute = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut out = std::fs::canonicalize(existing).unwrap_or_else(|_| existing.to_path_buf());
+    for name in rest.into_iter().rev() {
+        if name == ".." {
+            out.pop();
+        } else if name != "." {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses an output folder inside (or equal to) a raw input folder: prep never writes into
+/// what it reads.
+pub fn check_out_dir(out: &Path, roots: &[&InputRoot]) -> Result<()> {
+    let out_resolved = resolved(out)?;
+    for root in roots {
+        let root_resolved = resolved(&root.dir)?;
+        if out_resolved.starts_with(&root_resolved) {
+            bail!(
+                "--out {} is inside the raw input folder --{} {}; write the dataset elsewhere",
+                out.display(),
+                root.name,
+                root.dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A raw-input entry for bytes already read.
 pub fn raw_input_of_bytes(label: &str, bytes: &[u8]) -> RawInput {
     RawInput {
@@ -318,6 +362,13 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// What a prep binary ends with: the dataset digest as the only line on stdout (so that
+    /// `digest=$(prep-scanqa ...)` works; logs and progress are on stderr), and the exit code.
+    pub fn report(&self, strict: bool) -> std::process::ExitCode {
+        println!("{}", self.digest);
+        self.exit_code(strict)
+    }
+
     /// The binary's exit code: success, or 3 under `--strict` when anything was rejected.
     pub fn exit_code(&self, strict: bool) -> std::process::ExitCode {
         let rejects_path = self.dir.join(crate::rejects::REJECTS_FILE);
@@ -368,11 +419,28 @@ pub fn run_scenes<T: Sync>(
     progress.set_prefix(tool.name.clone());
     run_ordered(&jobs, args.threads(), &process, |i, out: SceneOutput| {
         writer.rejects().extend(out.rejects);
+        // The readers check what they read; this is the last gate before the shards: a scene or
+        // sample with a non-finite or implausible number is rejected, never written.
+        let source = out
+            .raw_inputs
+            .first()
+            .map_or_else(|| jobs[i].scene_id.clone(), |input| input.path.clone());
         raw_inputs.extend(out.raw_inputs);
         if let Some(scene) = out.scene {
-            writer.write_scene(scene)?;
-            for sample in out.samples {
-                writer.write_sample(sample)?;
+            if let Err(e) = scene.check() {
+                let reason = format!("scene {} rejected: {e}", scene.scene_id);
+                writer.reject(Reject::new(&source, &scene.scene_id, &reason));
+                for sample in out.samples {
+                    writer.reject(Reject::new(&source, &sample.sample_id, &reason));
+                }
+            } else {
+                writer.write_scene(scene)?;
+                for sample in out.samples {
+                    match sample.check() {
+                        Ok(()) => writer.write_sample(sample)?,
+                        Err(e) => writer.reject(Reject::new(&source, &sample.sample_id, e)),
+                    }
+                }
             }
         } else if !out.samples.is_empty() {
             bail!(

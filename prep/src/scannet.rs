@@ -18,7 +18,8 @@ use sha2::{Digest, Sha256};
 
 use crate::geometry::{
     depth_histogram, encode_jpeg, mat4_to_row_major, select_coverage, select_uniform, validate_pose, visible_voxels,
-    CameraImage, CoverageParams, DepthMap, DepthStats, Mat3, ReferenceFrame, Rigid, ViewSelection,
+    validate_intrinsics, validate_intrinsics4, CameraImage, CoverageParams, DepthMap, DepthStats, Mat3, ReferenceFrame,
+    Rigid, ViewSelection,
 };
 use crate::manifest::{RawInput, RawInputKind};
 use crate::pipeline::{raw_input_of_bytes, InputRoot, SceneOutput, ViewOptions};
@@ -187,11 +188,46 @@ impl ScanMeta {
     pub fn get_u64(&self, key: &str) -> Option<u64> {
         self.values.get(key).and_then(|v| v.parse().ok())
     }
+
+    /// The colour camera the file describes: `colorWidth`, `colorHeight` and the intrinsics
+    /// `fx_color`, `fy_color`, `mx_color`, `my_color`, when all are present. `Err` (the record and
+    /// why) when they are present but do not fit together: a size that is not a positive integer,
+    /// or intrinsics that are implausible for that size.
+    pub fn color_camera(&self) -> std::result::Result<Option<(u32, u32, Mat3)>, (String, String)> {
+        let keys = ["colorWidth", "colorHeight", "fx_color", "fy_color", "mx_color", "my_color"];
+        if !keys.iter().all(|k| self.values.contains_key(*k)) {
+            return Ok(None);
+        }
+        let size = |key: &str| {
+            let v = &self.values[key];
+            v.parse::<u32>()
+                .ok()
+                .filter(|&x| x > 0)
+                .ok_or_else(|| (key.to_string(), format!("{key} = {:?} is not a positive integer", clip(v))))
+        };
+        let number = |key: &str| {
+            let v = &self.values[key];
+            v.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| (key.to_string(), format!("{key} = {:?} is not a finite number", clip(v))))
+        };
+        let (w, h) = (size("colorWidth")?, size("colorHeight")?);
+        let k = crate::geometry::intrinsics(number("fx_color")?, number("fy_color")?, number("mx_color")?, number("my_color")?);
+        validate_intrinsics(&k, w, h).map_err(|e| {
+            (
+                "fx_color/fy_color/mx_color/my_color".to_string(),
+                format!("the colour intrinsics contradict colorWidth x colorHeight = {w}x{h}: {e}"),
+            )
+        })?;
+        Ok(Some((w, h, k)))
+    }
 }
 
 /// Parses a scan metadata file. Blank lines are skipped; any other line must be `key = value`.
 pub fn parse_scan_meta(text: &str, file: &Path) -> Result<ScanMeta> {
     let mut values = BTreeMap::new();
+    let mut lines: BTreeMap<String, (usize, String)> = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -204,7 +240,18 @@ pub fn parse_scan_meta(text: &str, file: &Path) -> Result<ScanMeta> {
         if key.is_empty() {
             return Err(ScanNetError::format(file, &record, "empty key before `=`"));
         }
-        values.insert(key.to_string(), value.trim().to_string());
+        let value = value.trim().to_string();
+        if let Some((first_line, first)) = lines.get(key) {
+            if *first != value {
+                return Err(ScanNetError::format(
+                    file,
+                    &record,
+                    format!("{key} is given twice with different values (line {first_line}: {:?}, line {}: {:?})", clip(first), n + 1, clip(&value)),
+                ));
+            }
+        }
+        lines.insert(key.to_string(), (n + 1, value.clone()));
+        values.insert(key.to_string(), value);
     }
     let (axis_alignment, axis_alignment_present) = match values.get("axisAlignment") {
         Some(v) => (parse_mat4_tokens(v, file, "axisAlignment")?, true),
@@ -212,6 +259,13 @@ pub fn parse_scan_meta(text: &str, file: &Path) -> Result<ScanMeta> {
     };
     if axis_alignment.iter().flatten().any(|x| !x.is_finite()) {
         return Err(ScanNetError::format(file, "axisAlignment", "non-finite value"));
+    }
+    if let Err(e) = validate_pose(&axis_alignment) {
+        return Err(ScanNetError::format(
+            file,
+            "axisAlignment",
+            format!("not a rigid transform: {}", e.to_string().trim_start_matches("pose ")),
+        ));
     }
     Ok(ScanMeta {
         values,
@@ -727,6 +781,9 @@ pub struct ExportFrame {
     pub color: Option<PathBuf>,
     pub depth: Option<PathBuf>,
     pub pose: Option<PathBuf>,
+    /// Files that name the same frame as another (`color/0.jpg` and `color/000.jpg`): the frame
+    /// cannot be told and is rejected.
+    pub ambiguous: Vec<PathBuf>,
 }
 
 /// A SensReader export: `color/N.jpg`, `depth/N.png`, `pose/N.txt`, `intrinsic/*.txt`.
@@ -744,10 +801,11 @@ pub struct ExportScan {
 /// The SensReader export folder names.
 pub const EXPORT_FOLDERS: [&str; 4] = ["color", "depth", "pose", "intrinsic"];
 
-/// Lists `<dir>/<sub>/<N>.<ext>` as index → path. Other names (e.g. `.DS_Store`) are not frames.
-fn list_indexed(dir: &Path, sub: &str, ext: &str) -> Result<BTreeMap<u64, PathBuf>> {
+/// Lists `<dir>/<sub>/<N>.<ext>` as index → paths (sorted; more than one when names such as `0`
+/// and `000` give one index). Other names (e.g. `.DS_Store`) are not frames.
+fn list_indexed(dir: &Path, sub: &str, ext: &str) -> Result<BTreeMap<u64, Vec<PathBuf>>> {
     let folder = dir.join(sub);
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
     let entries = std::fs::read_dir(&folder).map_err(|e| ScanNetError::io(&folder, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| ScanNetError::io(&folder, e))?;
@@ -760,8 +818,11 @@ fn list_indexed(dir: &Path, sub: &str, ext: &str) -> Result<BTreeMap<u64, PathBu
             continue;
         }
         if let Ok(index) = stem.parse::<u64>() {
-            out.insert(index, entry.path());
+            out.entry(index).or_default().push(entry.path());
         }
+    }
+    for paths in out.values_mut() {
+        paths.sort();
     }
     Ok(out)
 }
@@ -775,31 +836,29 @@ impl ExportScan {
     /// Indexes an export folder and reads its intrinsics.
     pub fn open(dir: &Path) -> Result<Self> {
         let colors = list_indexed(dir, "color", "jpg")?;
-        let mut depths = list_indexed(dir, "depth", "png")?;
-        let mut poses = list_indexed(dir, "pose", "txt")?;
+        let depths = list_indexed(dir, "depth", "png")?;
+        let poses = list_indexed(dir, "pose", "txt")?;
         let mut frames: BTreeMap<u64, ExportFrame> = BTreeMap::new();
-        for (index, path) in colors {
-            frames.insert(
-                index,
-                ExportFrame {
-                    index,
-                    color: Some(path),
-                    depth: None,
-                    pose: None,
-                },
-            );
-        }
         let blank = |index| ExportFrame {
             index,
             color: None,
             depth: None,
             pose: None,
+            ambiguous: vec![],
         };
-        for (index, path) in std::mem::take(&mut depths) {
-            frames.entry(index).or_insert_with(|| blank(index)).depth = Some(path);
-        }
-        for (index, path) in std::mem::take(&mut poses) {
-            frames.entry(index).or_insert_with(|| blank(index)).pose = Some(path);
+        for (which, listed) in [(0, colors), (1, depths), (2, poses)] {
+            for (index, mut paths) in listed {
+                let frame = frames.entry(index).or_insert_with(|| blank(index));
+                if paths.len() > 1 {
+                    frame.ambiguous.extend(paths.iter().cloned());
+                }
+                let path = Some(paths.swap_remove(0));
+                match which {
+                    0 => frame.color = path,
+                    1 => frame.depth = path,
+                    _ => frame.pose = path,
+                }
+            }
         }
         let intrinsic_color = read_mat4_file(&dir.join("intrinsic").join("intrinsic_color.txt"))?;
         let intrinsic_depth = read_mat4_file(&dir.join("intrinsic").join("intrinsic_depth.txt"))?;
@@ -819,7 +878,26 @@ impl ExportScan {
             ("depth", "png", f.depth.is_none()),
             ("pose", "txt", f.pose.is_none()),
         ];
+        let names = |paths: &[PathBuf]| {
+            paths
+                .iter()
+                .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        };
+        let ambiguous = (!f.ambiguous.is_empty()).then(|| {
+            ScanNetError::format(
+                &f.ambiguous[0],
+                format!("frame {}", f.index),
+                format!(
+                    "{} all name frame {}: which one is the frame cannot be told, so it is not used",
+                    names(&f.ambiguous),
+                    f.index
+                ),
+            )
+        });
         let camera_to_world = match missing.iter().find(|(_, _, m)| *m) {
+            _ if ambiguous.is_some() => Err(ambiguous.expect("checked")),
             Some((sub, ext, _)) => {
                 let present: Vec<&str> = missing.iter().filter(|(_, _, m)| !*m).map(|(s, _, _)| *s).collect();
                 Err(ScanNetError::format(
@@ -999,6 +1077,28 @@ impl ScanSource {
         match self {
             ScanSource::Sens(r) => r.decode_color(index),
             ScanSource::Export(e) => e.decode_color(index),
+        }
+    }
+
+    /// The file holding a frame's colour image (the `.sens`, or `color/N.jpg`).
+    pub fn color_file(&self, index: u64) -> PathBuf {
+        self.frame_file(index, "color", "jpg")
+    }
+
+    /// The file holding a frame's depth image (the `.sens`, or `depth/N.png`).
+    pub fn depth_file(&self, index: u64) -> PathBuf {
+        self.frame_file(index, "depth", "png")
+    }
+
+    fn frame_file(&self, index: u64, sub: &str, ext: &str) -> PathBuf {
+        match self {
+            ScanSource::Sens(r) => r.path().to_path_buf(),
+            ScanSource::Export(e) => e
+                .frames
+                .iter()
+                .find(|f| f.index == index)
+                .and_then(|f| if sub == "color" { f.color.clone() } else { f.depth.clone() })
+                .unwrap_or_else(|| e.dir.join(sub).join(format!("{index}.{ext}"))),
         }
     }
 
@@ -1400,6 +1500,9 @@ struct SceneReader<'a> {
     opts: &'a ViewOptions,
     k_color: Mat3,
     k_depth: Mat3,
+    /// The colour size the scan's own header or metadata gives (a `.sens` header; the scan `.txt`
+    /// beside an export), with where it comes from; every colour image must have it.
+    color_size: Option<(u32, u32, String)>,
     rejects: Vec<Reject>,
 }
 
@@ -1411,6 +1514,13 @@ impl SceneReader<'_> {
 
     fn depth_stats(&mut self, index: u64) -> Result<(DepthImage, DepthStats)> {
         let depth = self.source.decode_depth(index)?;
+        validate_intrinsics(&self.k_depth, depth.width, depth.height).map_err(|e| {
+            ScanNetError::format(
+                &self.source.depth_file(index),
+                format!("frame {index}"),
+                format!("the {}x{} depth image does not fit the depth intrinsics: {e}", depth.width, depth.height),
+            )
+        })?;
         let map = DepthMap::new(depth.width, depth.height, &depth.data, 1.0 / depth.depth_shift as f64)
             .map_err(|e| ScanNetError::format(&self.source_path(), format!("frame {index}"), e.to_string()))?;
         let stats = depth_histogram(&map, &self.opts.depth_bins);
@@ -1421,6 +1531,23 @@ impl SceneReader<'_> {
     fn load(&mut self, c: &Candidate, depth: Option<DepthStats>) -> Result<LoadedView> {
         let record = format!("frame {}", c.index);
         let rgb = self.source.decode_color(c.index)?;
+        let color_file = self.source.color_file(c.index);
+        if let Some((w, h, from)) = &self.color_size {
+            if (rgb.width(), rgb.height()) != (*w, *h) {
+                return Err(ScanNetError::format(
+                    &color_file,
+                    &record,
+                    format!("the colour image is {}x{} but {from} says {w}x{h}", rgb.width(), rgb.height()),
+                ));
+            }
+        }
+        validate_intrinsics(&self.k_color, rgb.width(), rgb.height()).map_err(|e| {
+            ScanNetError::format(
+                &color_file,
+                &record,
+                format!("the {}x{} colour image does not fit the colour intrinsics: {e}", rgb.width(), rgb.height()),
+            )
+        })?;
         let depth = match depth {
             Some(d) => d,
             None => self.depth_stats(c.index)?.1,
@@ -1624,10 +1751,54 @@ pub fn prepare_scene(
             }
         }
     }
+    // The colour size every image must have, from the scan's own header or metadata; what the rest
+    // of a file contradicts is rejected, not trusted.
+    let meta_label = root.label(&meta_path);
+    let meta_camera = match meta.as_ref().map(ScanMeta::color_camera).transpose() {
+        Ok(camera) => camera.flatten(),
+        Err((record, reason)) => {
+            rejects.push(Reject::new(&meta_label, record, format!("{reason}; the colour size there is not used")));
+            None
+        }
+    };
+    let color_size = match &source {
+        ScanSource::Sens(r) => {
+            let h = r.header();
+            let header_checks = [
+                ("intrinsic_color", validate_intrinsics4(&h.intrinsic_color, h.color_width, h.color_height), "colour"),
+                ("intrinsic_depth", validate_intrinsics4(&h.intrinsic_depth, h.depth_width, h.depth_height), "depth"),
+            ];
+            for (field, check, what) in header_checks {
+                if let Err(e) = check {
+                    let reject = Reject::new(
+                        root.label(r.path()),
+                        format!("header {field}"),
+                        format!("{e} (the header's {what} size)"),
+                    );
+                    return Err(fail(rejects, raw_inputs, reject));
+                }
+            }
+            if let Some((w, h_, _)) = &meta_camera {
+                if (*w, *h_) != (h.color_width, h.color_height) {
+                    rejects.push(Reject::new(
+                        &meta_label,
+                        "colorWidth/colorHeight",
+                        format!(
+                            "{w}x{h_} contradicts the .sens header ({}x{}), which is used",
+                            h.color_width, h.color_height
+                        ),
+                    ));
+                }
+            }
+            Some((h.color_width, h.color_height, "the .sens header".to_string()))
+        }
+        ScanSource::Export(_) => meta_camera.map(|(w, h, _)| (w, h, format!("{meta_label} (colorWidth, colorHeight)"))),
+    };
     let mut reader = SceneReader {
         root,
         k_color: mat3_of(&source.intrinsic_color()),
         k_depth: mat3_of(&source.intrinsic_depth()),
+        color_size,
         source,
         opts,
         rejects,

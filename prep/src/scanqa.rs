@@ -79,28 +79,26 @@ pub(crate) fn record_name(value: &serde_json::Value, index: usize) -> String {
 }
 
 /// Parses one ScanQA split file. `file` names it in rejects (e.g. `scanqa:ScanQA_v1.0_val.json`).
-/// Never fails: a file that is not a JSON array is one reject (record `whole file`).
+/// Never fails: records are read one by one ([`crate::json_records`]), so a record that is not
+/// valid JSON (e.g. a lone `\ud800` escape) is one reject and the others are kept; a file that is
+/// not a JSON array is one reject (record `whole file`).
 pub fn parse_split(bytes: &[u8], split: Split, file: &str) -> (Vec<ScanQaQuestion>, Vec<Reject>) {
     let mut rejects = Vec::new();
-    let values: Vec<serde_json::Value> = match serde_json::from_slice(bytes) {
-        Ok(serde_json::Value::Array(values)) => values,
-        Ok(other) => {
-            let kind = json_kind(&other);
-            rejects.push(Reject::new(
-                file,
-                "whole file",
-                format!("expected a JSON array of questions, found {kind}"),
-            ));
-            return (vec![], rejects);
-        }
-        Err(e) => {
-            rejects.push(Reject::new(file, "whole file", format!("not valid JSON: {e}")));
+    let values = match crate::json_records::array_records(bytes, None) {
+        Ok(read) => crate::json_records::split_rejects(
+            read,
+            file,
+            |salvaged, index| salvaged.map_or_else(|| format!("record {index}"), |v| record_name(v, index)),
+            &mut rejects,
+        ),
+        Err(reason) => {
+            rejects.push(Reject::new(file, "whole file", reason));
             return (vec![], rejects);
         }
     };
     let mut questions = Vec::with_capacity(values.len());
     let mut positions: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (index, value) in values.into_iter().enumerate() {
+    for (index, value) in values {
         let record = record_name(&value, index);
         match parse_record(value, split) {
             Ok(q) => {
@@ -291,18 +289,47 @@ mod tests {
     }
 
     #[test]
-    fn a_broken_file_is_one_reject() {
-        let (qs, rejects) = parse_split(b"[{\"question\"", Split::Train, F);
-        assert!(qs.is_empty());
+    fn a_broken_record_costs_only_itself() {
+        // A lone surrogate escape (Python's json reads it; a Rust string cannot hold it) in one
+        // question: that question is rejected by its id, the others are kept.
+        let bytes = br#"[
+            {"answers": ["a"], "question": "fine?", "question_id": "val-scene0001-0", "scene_id": "scene0001_00"},
+            {"answers": ["a"], "question": "bad \ud800?", "question_id": "val-scene0001-1", "scene_id": "scene0001_00"},
+            {"answers": ["b"], "question": "also fine?", "question_id": "val-scene0001-2", "scene_id": "scene0001_00"}
+        ]"#;
+        let (qs, rejects) = parse_split(bytes, Split::Val, F);
+        let ids: Vec<&str> = qs.iter().map(|q| q.question_id.as_str()).collect();
+        assert_eq!(ids, ["val-scene0001-0", "val-scene0001-2"]);
         assert_eq!(rejects.len(), 1);
-        assert_eq!(rejects[0].record, "whole file");
+        assert_eq!(rejects[0].record, "val-scene0001-1");
         assert!(
-            rejects[0].reason.starts_with("not valid JSON: EOF"),
+            rejects[0].reason.starts_with(
+                "a string holds a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair), which UTF-8 text cannot hold; not valid JSON: "
+            ) && rejects[0].reason.ends_with("(the record at byte 129)"),
             "{}",
             rejects[0].reason
         );
+        // A file cut short: the records before the cut are kept, the rest is one reject.
+        let cut = &bytes[..200];
+        let (qs, rejects) = parse_split(cut, Split::Val, F);
+        assert_eq!(qs.len(), 1);
+        assert_eq!(rejects.len(), 1);
+        assert_eq!(rejects[0].record, "record 1 and after");
+        assert_eq!(
+            rejects[0].reason,
+            "the file ends inside the string that starts at byte 190; nothing from byte 129 on is read (1 records before it are)"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_an_array_is_one_reject() {
+        let (qs, rejects) = parse_split(b"[{\"question\"", Split::Train, F);
+        assert!(qs.is_empty());
+        assert_eq!(rejects.len(), 1);
+        assert_eq!(rejects[0].record, "record 0 and after");
         let (_, rejects) = parse_split(b"{}", Split::Train, F);
-        assert_eq!(rejects[0].reason, "expected a JSON array of questions, found an object");
+        assert_eq!(rejects[0].record, "whole file");
+        assert_eq!(rejects[0].reason, "expected a JSON array of records, found an object");
     }
 
     #[test]

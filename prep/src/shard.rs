@@ -37,12 +37,15 @@ use arrow::record_batch::RecordBatch;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::geometry::{mat3_to_row_major_f32, DepthStats, Mat3, Rigid};
+use crate::geometry::{mat3_to_row_major_f32, DepthStats, Mat3, Rigid, MAX_COORDINATE_M};
 use crate::manifest::{
     sha256_file, Counts, FileEntry, FileKind, Manifest, ManifestError, Part, RawInput, ToolInfo,
     MANIFEST_FILE,
 };
 use crate::rejects::{Reject, RejectLog, REJECTS_FILE};
+pub use crate::staging::is_dataset_file_name;
+pub use crate::staging::CommitStep;
+use crate::staging::Staged;
 
 /// Version of the schemas below; stored in each file's schema metadata and in the manifest. Bump it
 /// on any change of a field name, type or meaning.
@@ -205,6 +208,49 @@ impl Geometry {
     }
 }
 
+impl Geometry {
+    /// Every number finite and plausible: `R` a rotation (orthonormal, det +1, within f32
+    /// storage), `t` within [`MAX_COORDINATE_M`], `K` a pinhole matrix for a `width`×`height`
+    /// image ([`validate_intrinsics`]), the depth histogram fractions in [0, 1] summing to 1, or
+    /// all 0 exactly when no depth pixel is valid.
+    pub fn check(&self, width: u32, height: u32) -> Result<(), String> {
+        let r = [
+            [self.r[0] as f64, self.r[1] as f64, self.r[2] as f64],
+            [self.r[3] as f64, self.r[4] as f64, self.r[5] as f64],
+            [self.r[6] as f64, self.r[7] as f64, self.r[8] as f64],
+        ];
+        let t = self.t.map(|x| x as f64);
+        let m = [
+            [r[0][0], r[0][1], r[0][2], t[0]],
+            [r[1][0], r[1][1], r[1][2], t[1]],
+            [r[2][0], r[2][1], r[2][2], t[2]],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+        crate::geometry::validate_pose(&m).map_err(|e| format!("R, t: {e}"))?;
+        let k = [
+            [self.k[0] as f64, self.k[1] as f64, self.k[2] as f64],
+            [self.k[3] as f64, self.k[4] as f64, self.k[5] as f64],
+            [self.k[6] as f64, self.k[7] as f64, self.k[8] as f64],
+        ];
+        crate::geometry::validate_intrinsics(&k, width, height).map_err(|e| format!("K: {e}"))?;
+        let fraction = self.valid_depth_fraction;
+        if !(0.0..=1.0).contains(&fraction) {
+            return Err(format!("valid_depth_fraction is {fraction}, expected a fraction in [0, 1]"));
+        }
+        if let Some(bad) = self.depth_hist.iter().find(|x| !(0.0..=1.0).contains(*x)) {
+            return Err(format!("depth_hist holds {bad}, expected fractions in [0, 1]"));
+        }
+        let sum: f32 = self.depth_hist.iter().sum();
+        let expected = if fraction > 0.0 { 1.0 } else { 0.0 };
+        if (sum - expected).abs() > 1e-3 {
+            return Err(format!(
+                "depth_hist sums to {sum}, expected {expected} (valid depth fraction {fraction})"
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ViewRecord {
     pub frame_id: String,
@@ -227,6 +273,32 @@ pub struct SceneRecord {
     /// Raw world → axis-aligned world, row-major 4×4.
     pub axis_alignment: [f64; 16],
     pub axis_alignment_from_metadata: bool,
+}
+
+impl SceneRecord {
+    /// Checks every number of the scene before it is written: each view's size and geometry
+    /// ([`Geometry::check`]), the reference pose and the axis alignment rigid with plausible
+    /// translations. The error names the view (index and frame id) and the field.
+    pub fn check(&self) -> Result<(), String> {
+        for (i, view) in self.views.iter().enumerate() {
+            let at = |e: String| format!("view {i} (frame {}): {e}", view.frame_id);
+            if view.width == 0 || view.height == 0 {
+                return Err(at(format!("image size {}x{} is empty", view.width, view.height)));
+            }
+            if let Some(g) = &view.geometry {
+                g.check(view.width, view.height).map_err(at)?;
+            }
+        }
+        let rigid = |name: &str, v: &[f64; 16]| -> Result<(), String> {
+            let m = crate::geometry::mat4_from_row_major(v);
+            let pose = crate::geometry::validate_pose(&m).map_err(|e| format!("{name}: {e}"))?;
+            crate::geometry::check_translation(&pose.t).map_err(|e| format!("{name}: {e}"))
+        };
+        if let Some(pose) = &self.reference_world_pose {
+            rigid("reference_world_pose", pose)?;
+        }
+        rigid("axis_alignment", &self.axis_alignment)
+    }
 }
 
 /// An SQA3D-style agent situation; see [`agent_fields`].
@@ -258,6 +330,31 @@ pub struct SampleRecord {
 }
 
 impl SampleRecord {
+    /// Checks the sample's numbers before it is written: the agent's position and rotation finite
+    /// (positions within [`MAX_COORDINATE_M`]), its heading a unit vector, a target action that is
+    /// JSON. (prep-arkit validates each action against the RoomPlan schema where it is made.)
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(agent) = &self.agent {
+            let finite = |name: &str, v: &[f64]| match v.iter().find(|x| !x.is_finite() || x.abs() > MAX_COORDINATE_M) {
+                Some(x) => Err(format!("agent {name} holds {x}, expected finite numbers within {MAX_COORDINATE_M}")),
+                None => Ok(()),
+            };
+            finite("position_raw", &agent.position_raw)?;
+            finite("rotation_raw_xyzw", &agent.rotation_raw_xyzw)?;
+            finite("position_ref", &agent.position_ref)?;
+            finite("heading_ref", &agent.heading_ref)?;
+            let length = crate::geometry::norm(&agent.heading_ref);
+            if (length - 1.0).abs() > 1e-6 {
+                return Err(format!("agent heading_ref has length {length}, expected a unit vector"));
+            }
+        }
+        if let Some(action) = &self.action_json {
+            serde_json::from_str::<serde_json::Value>(action)
+                .map_err(|e| format!("action_json is not JSON: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// A sample with the required fields and every optional one empty.
     pub fn new(
         sample_id: impl Into<String>,
@@ -1090,7 +1187,9 @@ impl<R: TableRecord> TableWriter<R> {
 /// Writes one dataset folder: scenes, samples, rejects and, on [`finish`](DatasetWriter::finish),
 /// the manifest. Feed records in a deterministic order (e.g. sorted by scene) for byte-identical output.
 pub struct DatasetWriter {
+    /// Where files are written until finish: the staging folder.
     dir: PathBuf,
+    staged: Staged,
     part: Option<Part>,
     scenes: TableWriter<SceneRecord>,
     samples: TableWriter<SampleRecord>,
@@ -1102,16 +1201,11 @@ pub struct DatasetWriter {
     depth_bins: Option<usize>,
 }
 
-/// Files of a dataset folder that a writer owns (and may replace).
-fn is_dataset_file(name: &str) -> bool {
-    name == MANIFEST_FILE
-        || name == REJECTS_FILE
-        || name.ends_with(".arrow")
-        || name.ends_with(".tmp")
-}
-
 impl DatasetWriter {
-    /// Create (or reuse, when empty of dataset files) the output folder.
+    /// Start writing the dataset folder `dir`. The files are written beside it and take their final
+    /// place only in [`finish`](Self::finish) ([`crate::staging`]): a folder that already holds a
+    /// dataset is refused unless `options.replace_existing`, and even then keeps the old dataset
+    /// until the new one is complete.
     pub fn create(dir: &Path, options: WriterOptions) -> Result<DatasetWriter, ShardError> {
         if let Some(part) = options.part {
             if part.count == 0 || part.index >= part.count {
@@ -1121,26 +1215,14 @@ impl DatasetWriter {
                 )));
             }
         }
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-            let entry = entry.map_err(io_err(dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if is_dataset_file(&name) {
-                if options.replace_existing {
-                    std::fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
-                } else {
-                    return Err(ShardError::Dataset(format!(
-                        "output folder {} already holds dataset files ({name}); choose another folder or replace it",
-                        dir.display()
-                    )));
-                }
-            }
-        }
+        let staged = Staged::begin(dir, options.replace_existing)?;
+        let work = staged.path().to_path_buf();
         Ok(DatasetWriter {
-            dir: dir.to_path_buf(),
+            dir: work.clone(),
+            staged,
             part: options.part.filter(|p| p.count > 1),
-            scenes: TableWriter::new(dir, &options),
-            samples: TableWriter::new(dir, &options),
+            scenes: TableWriter::new(&work, &options),
+            samples: TableWriter::new(&work, &options),
             rejects: RejectLog::new(),
             scene_ids: HashSet::new(),
             sample_ids: HashSet::new(),
@@ -1150,8 +1232,9 @@ impl DatasetWriter {
         })
     }
 
+    /// The dataset folder (where the dataset appears on [`finish`](Self::finish)).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.staged.final_dir()
     }
 
     /// Append a scene. Scene ids are unique; every geometry's `depth_hist` has one length.
@@ -1169,6 +1252,9 @@ impl DatasetWriter {
             )));
         }
         // A rejected scene must leave no trace: check everything before recording anything.
+        scene
+            .check()
+            .map_err(|e| ShardError::Record(format!("scene {}: {e}", scene.scene_id)))?;
         let mut bins = self.depth_bins;
         for (i, view) in scene.views.iter().enumerate() {
             if let Some(g) = &view.geometry {
@@ -1204,6 +1290,9 @@ impl DatasetWriter {
                 sample.sample_id
             )));
         }
+        sample
+            .check()
+            .map_err(|e| ShardError::Record(format!("sample {}: {e}", sample.sample_id)))?;
         sample.source_json = crate::manifest::canonical_json(source).to_string();
         if !self.sample_ids.insert(sample.sample_id.clone()) {
             return Err(ShardError::Record(format!(
@@ -1229,6 +1318,27 @@ impl DatasetWriter {
         self,
         tool: ToolInfo,
         raw_inputs: Vec<RawInput>,
+    ) -> Result<(Manifest, String), ShardError> {
+        self.finish_until(tool, raw_inputs, None)
+    }
+
+    /// [`finish`](Self::finish) as if the process died just before `step` of putting the dataset
+    /// in place (see [`Staged::commit_interrupted`]). Not for use outside tests.
+    #[doc(hidden)]
+    pub fn finish_interrupted(
+        self,
+        tool: ToolInfo,
+        raw_inputs: Vec<RawInput>,
+        step: CommitStep,
+    ) -> Result<(Manifest, String), ShardError> {
+        self.finish_until(tool, raw_inputs, Some(step))
+    }
+
+    fn finish_until(
+        self,
+        tool: ToolInfo,
+        raw_inputs: Vec<RawInput>,
+        stop: Option<CommitStep>,
     ) -> Result<(Manifest, String), ShardError> {
         if let Some(missing) = self
             .sample_scenes
@@ -1266,6 +1376,10 @@ impl DatasetWriter {
         let digest = manifest
             .write(&self.dir)
             .map_err(io_err(&self.dir.join(MANIFEST_FILE)))?;
+        match stop {
+            None => self.staged.commit()?,
+            Some(step) => self.staged.commit_interrupted(step)?,
+        }
         Ok((manifest, digest))
     }
 }
@@ -1440,7 +1554,8 @@ impl<R: TableRecord> TableReader<R> {
         let mut files = Vec::new();
         let mut starts = vec![0];
         for entry in entries {
-            let shard = ShardFile::open(&dir.join(&entry.path), &schema)?;
+            let path = dataset_file(dir, &entry.path).map_err(|e| format_err(&dir.join(&entry.path), e))?;
+            let shard = ShardFile::open(&path, &schema)?;
             if shard.num_rows() as u64 != entry.rows {
                 return Err(format_err(
                     shard.path(),
@@ -1627,9 +1742,15 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport, ShardError> {
     for entry in &manifest.files {
         listed.insert(entry.path.clone());
         report.files_checked += 1;
-        let path = dir.join(&entry.path);
         let problem = |report: &mut VerifyReport, what: String| {
             report.problems.push(format!("{}: {what}", entry.path))
+        };
+        let path = match dataset_file(dir, &entry.path) {
+            Ok(path) => path,
+            Err(e) => {
+                problem(&mut report, e);
+                continue;
+            }
         };
         match sha256_file(&path) {
             Err(e) => {
@@ -1685,7 +1806,7 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport, ShardError> {
             .file_name()
             .to_string_lossy()
             .into_owned();
-        if is_dataset_file(&name) && name != MANIFEST_FILE && !listed.contains(&name) {
+        if is_dataset_file_name(&name) && name != MANIFEST_FILE && !listed.contains(&name) {
             unlisted.push(name);
         }
     }
@@ -1696,6 +1817,21 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport, ShardError> {
             .map(|name| format!("{name}: not listed in the manifest")),
     );
     Ok(report)
+}
+
+/// The path of a file the manifest lists, which must be a regular file directly inside the dataset
+/// folder: not a symbolic link (it could point anywhere). Names are checked by [`Manifest::read`].
+fn dataset_file(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let path = dir.join(name);
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(format!(
+            "is a symbolic link{}; a dataset's files must lie in its folder",
+            std::fs::read_link(&path)
+                .map(|t| format!(" to {}", t.display()))
+                .unwrap_or_default()
+        )),
+        _ => Ok(path),
+    }
 }
 
 /// Rows of an Arrow file (schema checked); adds the scenes' views to `views`.
@@ -1755,17 +1891,15 @@ pub fn merge_datasets(out: &Path, parts: &[PathBuf]) -> Result<(Manifest, String
         );
         manifests.push(dataset.manifest);
     }
-    std::fs::create_dir_all(out).map_err(io_err(out))?;
-    if std::fs::read_dir(out)
-        .map_err(io_err(out))?
-        .next()
-        .is_some()
-    {
+    if std::fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(ShardError::Dataset(format!(
             "merge output folder {} is not empty",
             out.display()
         )));
     }
+    // Written beside `out` and put in place complete.
+    let staged = Staged::begin(out, false)?;
+    let work = staged.path();
     let rejects_entry = FileEntry {
         path: REJECTS_FILE.into(),
         kind: FileKind::Rejects,
@@ -1776,7 +1910,7 @@ pub fn merge_datasets(out: &Path, parts: &[PathBuf]) -> Result<(Manifest, String
     let manifest = Manifest::merge(&manifests, rejects_entry)?;
     for (dir, m) in parts.iter().zip(&manifests) {
         for entry in m.files.iter().filter(|f| f.kind != FileKind::Rejects) {
-            let target = out.join(&entry.path);
+            let target = work.join(&entry.path);
             if target.exists() {
                 return Err(ShardError::Dataset(format!(
                     "two parts have a file named {}",
@@ -1795,11 +1929,12 @@ pub fn merge_datasets(out: &Path, parts: &[PathBuf]) -> Result<(Manifest, String
         }
     }
     rejects
-        .write(out)
-        .map_err(io_err(&out.join(REJECTS_FILE)))?;
+        .write(work)
+        .map_err(io_err(&work.join(REJECTS_FILE)))?;
     let digest = manifest
-        .write(out)
-        .map_err(io_err(&out.join(MANIFEST_FILE)))?;
+        .write(work)
+        .map_err(io_err(&work.join(MANIFEST_FILE)))?;
+    staged.commit()?;
     Ok((manifest, digest))
 }
 

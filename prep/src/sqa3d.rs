@@ -100,38 +100,18 @@ struct RawAnnotation {
     rotation: RawRotation,
 }
 
-/// Reads the array under `key` of a top-level object; a file without it is one reject.
-fn records(bytes: &[u8], key: &str, file: &str, rejects: &mut Vec<Reject>) -> Vec<serde_json::Value> {
-    match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(serde_json::Value::Object(mut top)) => match top.remove(key) {
-            Some(serde_json::Value::Array(values)) => values,
-            Some(other) => {
-                rejects.push(Reject::new(
-                    file,
-                    "whole file",
-                    format!("`{key}` is {}, expected an array", json_kind(&other)),
-                ));
-                vec![]
-            }
-            None => {
-                rejects.push(Reject::new(
-                    file,
-                    "whole file",
-                    format!("no `{key}` array at the top level"),
-                ));
-                vec![]
-            }
-        },
-        Ok(other) => {
-            rejects.push(Reject::new(
-                file,
-                "whole file",
-                format!("expected a JSON object, found {}", json_kind(&other)),
-            ));
-            vec![]
-        }
-        Err(e) => {
-            rejects.push(Reject::new(file, "whole file", format!("not valid JSON: {e}")));
+/// Reads the array under `key` of a top-level object record by record ([`crate::json_records`]):
+/// a record that is not valid JSON is one reject; a file without the array is one reject.
+fn records(bytes: &[u8], key: &str, file: &str, rejects: &mut Vec<Reject>) -> Vec<(usize, serde_json::Value)> {
+    match crate::json_records::array_records(bytes, Some(key)) {
+        Ok(read) => crate::json_records::split_rejects(
+            read,
+            file,
+            |salvaged, index| salvaged.map_or_else(|| format!("record {index}"), |v| record_name(v, index)),
+            rejects,
+        ),
+        Err(reason) => {
+            rejects.push(Reject::new(file, "whole file", reason));
             vec![]
         }
     }
@@ -139,14 +119,14 @@ fn records(bytes: &[u8], key: &str, file: &str, rejects: &mut Vec<Reject>) -> Ve
 
 /// Parses each record; groups the good ones by question id (keeping their record positions).
 fn parse_all<T: serde::de::DeserializeOwned>(
-    values: Vec<serde_json::Value>,
+    values: Vec<(usize, serde_json::Value)>,
     what: &str,
     file: &str,
     rejects: &mut Vec<Reject>,
     id: impl Fn(&T) -> i64,
 ) -> BTreeMap<i64, Vec<(usize, T)>> {
     let mut by_id: BTreeMap<i64, Vec<(usize, T)>> = BTreeMap::new();
-    for (index, value) in values.into_iter().enumerate() {
+    for (index, value) in values {
         let record = record_name(&value, index);
         if !value.is_object() {
             rejects.push(Reject::new(
@@ -284,6 +264,13 @@ fn check(q: &RawQuestion, a: &RawAnnotation) -> Result<(), String> {
     }
     if a.answers.is_empty() {
         return Err("annotation has no answers".into());
+    }
+    let p = [a.position.x, a.position.y, a.position.z];
+    if p.iter().any(|x| !x.is_finite() || x.abs() > crate::geometry::MAX_COORDINATE_M) {
+        return Err(format!(
+            "position {p:?} is not finite or beyond {} m of the scene centre: not a plausible place",
+            crate::geometry::MAX_COORDINATE_M
+        ));
     }
     let r = &a.rotation;
     let norm2 = r._x * r._x + r._y * r._y + r._z * r._z + r._w * r._w;

@@ -190,7 +190,7 @@ fn annotation_boxes_and_their_rejects() {
         [
             r#"v/x: c: label "lamp" is not one of the 17 ARKitScenes classes"#,
             "v/x: d: box has no segments.obbAligned",
-            "v/x: e: axesLengths [1.0, 0.0, 1.0] must be positive",
+            "v/x: e: axesLengths [1.0, 0.0, 1.0] must be positive and at most 50 m",
             "v/x: f: normalizedAxes rows are not orthonormal: row 1 · row 2 = 0.5000",
             "v/x: data[6]: box has no uid",
         ]

@@ -461,11 +461,13 @@ fn help_and_bad_roots() {
         "{text}"
     );
     let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("raw");
+    std::fs::create_dir(&root).unwrap();
     let res = run(
         BIN,
         &[
             "--arkitscenes",
-            path_arg(tmp.path()),
+            path_arg(&root),
             "--out",
             path_arg(&tmp.path().join("o")),
         ],

@@ -498,3 +498,29 @@ fn bad_depth_bins_are_an_error_not_a_panic() {
         vec![1.0, 0.0, 0.0, 0.0]
     );
 }
+
+#[test]
+fn intrinsics_must_be_finite_positive_and_fit_the_image() {
+    use roomplan_prep::geometry::{intrinsics, validate_intrinsics, validate_intrinsics4};
+    // ScanNet's colour camera on its 1296x968 images.
+    let k = intrinsics(1170.19, 1170.19, 647.75, 483.75);
+    assert_eq!(validate_intrinsics(&k, 1296, 968), Ok(()));
+    let cases = [
+        (intrinsics(f64::NAN, 1170.19, 647.75, 483.75), 1296, 968, "intrinsics have a non-finite entry at row 0, column 0 (NaN)"),
+        (intrinsics(-1170.19, 1170.19, 647.75, 483.75), 1296, 968, "focal length fx = -1170.19 px is implausible for a 1296x968 image (expected 6.48 to 77760 px)"),
+        (intrinsics(1e7, 1170.19, 647.75, 483.75), 1296, 968, "focal length fx = 10000000 px is implausible"),
+        // The same K on an image of another size: the principal point is off centre (or outside).
+        (k, 640, 480, "principal point (647.75, 483.75) is not near the centre (319.5, 239.5) of the 640x480 image: the intrinsics are for another image size"),
+        (k, 2592, 1936, "principal point (647.75, 483.75) is not near the centre (1295.5, 967.5) of the 2592x1936 image"),
+        ([[1170.19, 3.0, 647.75], [0.0, 1170.19, 483.75], [0.0, 0.0, 1.0]], 1296, 968, "intrinsics are not a pinhole matrix"),
+    ];
+    for (k, w, h, expect) in cases {
+        let err = validate_intrinsics(&k, w, h).unwrap_err();
+        assert!(err.starts_with(expect), "{err}");
+    }
+    let k4 = [[1170.19, 0.0, 647.75, 0.0], [0.0, 1170.19, 483.75, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+    assert_eq!(validate_intrinsics4(&k4, 1296, 968), Ok(()));
+    let mut bad = k4;
+    bad[3][3] = f64::INFINITY;
+    assert_eq!(validate_intrinsics4(&bad, 1296, 968).unwrap_err(), "intrinsics have a non-finite entry (inf)");
+}

@@ -291,3 +291,112 @@ fn missing_inputs_are_errors_before_any_work() {
     let dataset = Dataset::open(&out).unwrap();
     assert!((0..dataset.num_samples()).all(|i| dataset.sample(i).unwrap().split != "val"));
 }
+
+/// kill -9 at several moments of an `--overwrite` run: the folder always holds the previous
+/// dataset or the new one, whole, with the user's own files; the next run cleans up what the
+/// killed one left and gives the same bytes as an uninterrupted run.
+#[test]
+fn kill_9_during_overwrite_leaves_the_previous_dataset_intact() {
+    use std::process::{Command, Stdio};
+    let mut cfg = small_config(ScannetFormat::Sens, false);
+    cfg.frames_per_scene = 24;
+    let tmp = synth(&cfg);
+    let raw = raw(&tmp);
+    let out = tmp.path().join("out");
+    let res = prep(&raw, &out, &["--threads", "1"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let old_digest = String::from_utf8(res.stdout).unwrap().trim().to_string();
+    std::fs::write(out.join("my_features.arrow"), b"mine").unwrap();
+    std::fs::write(out.join("notes.tmp"), b"notes").unwrap();
+    // The replacement: other options, so another digest (computed in a folder of its own).
+    let new_args = ["--threads", "1", "--num-views", "4", "--view-selection", "coverage"];
+    let reference = prep(&raw, &tmp.path().join("reference"), &new_args);
+    assert!(reference.status.success());
+    let new_digest = String::from_utf8(reference.stdout).unwrap().trim().to_string();
+    assert_ne!(old_digest, new_digest);
+
+    let staging_prefix = ".out.prep-";
+    let mut killed_mid_run = 0;
+    for delay_ms in [0u64, 30, 80, 150, 250, 400, 700] {
+        let mut args = vec![
+            "--scannet".to_string(),
+            path_arg(&raw.join("scannet")).into(),
+            "--scanqa".into(),
+            path_arg(&raw.join("scanqa")).into(),
+            "--out".into(),
+            path_arg(&out).into(),
+            "--overwrite".into(),
+        ];
+        args.extend(new_args.iter().map(|s| s.to_string()));
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until the run is writing (its staging folder exists), then a little more.
+        let start = std::time::Instant::now();
+        while !std::fs::read_dir(tmp.path())
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with(staging_prefix))
+        {
+            if child.try_wait().unwrap().is_some() || start.elapsed().as_secs() > 60 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL on unix
+        child.wait().unwrap();
+        let report = roomplan_prep::shard::verify_dataset(&out).unwrap();
+        assert!(report.ok(), "after {delay_ms} ms: {:?}", report.problems);
+        assert!(
+            report.digest == old_digest || report.digest == new_digest,
+            "after {delay_ms} ms: digest {}",
+            report.digest
+        );
+        killed_mid_run += (report.digest == old_digest) as usize;
+        assert_eq!(std::fs::read(out.join("my_features.arrow")).unwrap(), b"mine");
+        assert_eq!(std::fs::read(out.join("notes.tmp")).unwrap(), b"notes");
+        // Back to the old dataset for the next kill, unless the killed run had finished.
+        if report.digest == new_digest {
+            let res = prep(&raw, &out, &["--threads", "1", "--overwrite"]);
+            assert!(res.status.success());
+            assert_eq!(String::from_utf8(res.stdout).unwrap().trim(), old_digest);
+        }
+    }
+    // Most kills hit the run before its end (how many depends on the machine's speed).
+    assert!(killed_mid_run >= 1, "no kill landed before the run's end");
+    let res = prep(&raw, &out, &[&["--overwrite"][..], &new_args[..]].concat());
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert_eq!(String::from_utf8(res.stdout).unwrap().trim(), new_digest);
+    assert_eq!(files(&out).into_iter().filter(|(n, _)| n.ends_with(".arrow") && n != "my_features.arrow").collect::<Vec<_>>(),
+        files(&tmp.path().join("reference")).into_iter().filter(|(n, _)| n.ends_with(".arrow")).collect::<Vec<_>>());
+    let leftovers: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(staging_prefix))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn out_inside_a_raw_input_folder_is_refused() {
+    let tmp = synth(&small_config(ScannetFormat::Sens, false));
+    let raw = raw(&tmp);
+    for (out, root) in [
+        (raw.join("scanqa/shards"), "--scanqa"),
+        (raw.join("scannet"), "--scannet"),
+        (raw.join("scanqa/../scannet/scans/new"), "--scannet"),
+    ] {
+        let res = prep(&raw, &out, &[]);
+        assert_eq!(res.status.code(), Some(2), "{}", out.display());
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert!(
+            stderr.contains(&format!("--out {} is inside the raw input folder {root} ", out.display())),
+            "{stderr}"
+        );
+        assert!(stderr.trim_end().ends_with("; write the dataset elsewhere"), "{stderr}");
+    }
+    assert!(!raw.join("scanqa/shards").exists() && !raw.join("scannet/scans/new").exists());
+}

@@ -72,6 +72,19 @@ fn list_dir(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The staging folders beside a dataset folder (`.<name>.prep-<pid>.<n>`).
+fn staging_folders(dir: &Path) -> Vec<PathBuf> {
+    let prefix = format!(".{}.prep-", dir.file_name().unwrap().to_string_lossy());
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
+}
+
 fn fresh() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
@@ -364,9 +377,14 @@ fn writes_are_atomic_and_leave_no_temporary_files() {
     .unwrap();
     writer.write_scene(scenes[0].clone()).unwrap();
     writer.write_scene(scenes[1].clone()).unwrap();
-    assert_eq!(list_dir(&out2), ["scenes-00000.arrow.tmp"]);
+    // Files are written in a staging folder beside the output, which appears only on finish.
+    assert!(!out2.exists());
+    let staging = staging_folders(&out2);
+    assert_eq!(staging.len(), 1, "{staging:?}");
+    assert_eq!(list_dir(&staging[0]), ["scenes-00000.arrow.tmp"]);
     drop(writer);
-    assert_eq!(list_dir(&out2), Vec::<String>::new());
+    assert!(!out2.exists() && staging_folders(&out2).is_empty());
+    std::fs::create_dir(&out2).unwrap();
 
     // The guard itself.
     let path = out2.join("x.bin");
@@ -418,7 +436,7 @@ fn writer_refuses_inconsistent_records_and_occupied_folders() {
     let err = writer.finish(tool(), vec![]).unwrap_err().to_string();
     assert_eq!(err, "samples refer to scene scene0001_00, which was not written (reject its samples along with the scene)");
     // Nothing was left behind by the failed finish.
-    assert_eq!(list_dir(&out), Vec::<String>::new());
+    assert!(!out.exists() && staging_folders(&out).is_empty());
 
     // An existing dataset is refused unless replacing is asked for.
     let (_tmp2, out2) = fresh();
@@ -439,6 +457,7 @@ fn writer_refuses_inconsistent_records_and_occupied_folders() {
         "{err}"
     );
     std::fs::write(out2.join("notes.txt"), b"kept").unwrap();
+    let before = list_dir(&out2);
     let writer = DatasetWriter::create(
         &out2,
         WriterOptions {
@@ -447,8 +466,12 @@ fn writer_refuses_inconsistent_records_and_occupied_folders() {
         },
     )
     .unwrap();
-    assert_eq!(list_dir(&out2), ["notes.txt"]);
+    // Replacing starts beside the old dataset, which stays whole until the new one is finished.
+    assert_eq!(list_dir(&out2), before);
+    assert!(verify_dataset(&out2).unwrap().ok());
     drop(writer);
+    assert_eq!(list_dir(&out2), before);
+    assert_eq!(list_dir(out2.parent().unwrap()), ["out", "raw"]);
     let err = DatasetWriter::create(
         &out2,
         WriterOptions {
@@ -460,6 +483,190 @@ fn writer_refuses_inconsistent_records_and_occupied_folders() {
     .unwrap()
     .to_string();
     assert_eq!(err, "shard index 2 is out of range for 2 shards");
+}
+
+/// A second dataset for the same folder: the example's first scene only, with its samples.
+fn write_other(dir: &Path, options: WriterOptions) -> DatasetWriter {
+    let (scenes, samples, _) = example_records();
+    let mut writer = DatasetWriter::create(dir, options).unwrap();
+    writer.write_scene(scenes[0].clone()).unwrap();
+    for sample in samples.into_iter().filter(|s| s.scene_id == scenes[0].scene_id) {
+        writer.write_sample(sample).unwrap();
+    }
+    writer
+}
+
+fn replacing() -> WriterOptions {
+    WriterOptions {
+        replace_existing: true,
+        ..small_files()
+    }
+}
+
+/// The user's own files in a dataset folder: a file named like Arrow, a `.tmp`, a sub-folder.
+fn add_user_files(dir: &Path) {
+    std::fs::write(dir.join("my_features.arrow"), b"user arrow").unwrap();
+    std::fs::write(dir.join("notes.tmp"), b"user notes").unwrap();
+    std::fs::create_dir_all(dir.join("mine")).unwrap();
+    std::fs::write(dir.join("mine/x.txt"), b"user sub-folder").unwrap();
+}
+
+fn assert_user_files(dir: &Path) {
+    assert_eq!(std::fs::read(dir.join("my_features.arrow")).unwrap(), b"user arrow");
+    assert_eq!(std::fs::read(dir.join("notes.tmp")).unwrap(), b"user notes");
+    assert_eq!(std::fs::read(dir.join("mine/x.txt")).unwrap(), b"user sub-folder");
+}
+
+/// Digest of a folder that must verify.
+fn verified_digest(dir: &Path) -> String {
+    let report = verify_dataset(dir).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    report.digest
+}
+
+#[test]
+fn overwrite_swaps_the_new_dataset_in_complete_and_keeps_user_files() {
+    let (tmp, out) = fresh();
+    let (_, old_digest) = write_example(&out, small_files());
+    add_user_files(&out);
+    let old_names = list_dir(&out);
+    let writer = write_other(&out, replacing());
+    // While the new dataset is written the old one is untouched.
+    assert_eq!(verified_digest(&out), old_digest);
+    assert_eq!(list_dir(&out), old_names);
+    let (manifest, new_digest) = writer.finish(tool(), vec![]).unwrap();
+    assert_ne!(new_digest, old_digest);
+    assert_eq!(verified_digest(&out), new_digest);
+    assert_eq!(manifest.counts.scenes, 1);
+    assert_user_files(&out);
+    // Only the old manifest's files went: the new folder holds the new files and the user's.
+    let mut expect: Vec<String> = manifest.files.iter().map(|f| f.path.clone()).collect();
+    expect.extend(["manifest.json", "mine", "my_features.arrow", "notes.tmp"].map(String::from));
+    expect.sort();
+    assert_eq!(list_dir(&out), expect);
+    assert_eq!(list_dir(tmp.path()), ["out", "raw"]);
+    // Byte-identical to the same dataset written into a fresh folder.
+    let (_tmp2, fresh_out) = fresh();
+    let (_, digest) = write_other(&fresh_out, small_files()).finish(tool(), vec![]).unwrap();
+    assert_eq!(digest, new_digest);
+}
+
+/// Each point where a kill -9 can stop the swap: the folder holds the old or the new dataset,
+/// whole; the next run cleans up what is left and loses none of the user's files.
+#[test]
+fn a_run_killed_at_any_step_of_the_swap_loses_nothing() {
+    for (step, expect_new) in [
+        (CommitStep::Swap, false),
+        (CommitStep::MoveFolders, true),
+        (CommitStep::RemoveOld, true),
+    ] {
+        let (tmp, out) = fresh();
+        let (_, old_digest) = write_example(&out, small_files());
+        add_user_files(&out);
+        let (_, new_digest) = write_other(&out, replacing())
+            .finish_interrupted(tool(), vec![], step)
+            .unwrap();
+        let now = verified_digest(&out);
+        assert_eq!(&now, if expect_new { &new_digest } else { &old_digest }, "{step:?}");
+        // What the dead process left: its staging folder (under its pid, which no longer runs).
+        let left = staging_folders(&out);
+        assert_eq!(left.len(), 1, "{step:?}: {left:?}");
+        let dead = tmp.path().join(".out.prep-4194999.0");
+        std::fs::rename(&left[0], &dead).unwrap();
+        // The next run for the folder cleans it up before anything else ...
+        drop(DatasetWriter::create(&out, replacing()).unwrap());
+        assert_eq!(list_dir(tmp.path()), ["out", "raw"], "{step:?}");
+        assert_eq!(verified_digest(&out), now, "{step:?}");
+        assert_user_files(&out);
+        // ... and a complete rerun gives the new dataset.
+        let (_, digest) = write_other(&out, replacing()).finish(tool(), vec![]).unwrap();
+        assert_eq!(digest, new_digest);
+        assert_eq!(verified_digest(&out), new_digest);
+        assert_user_files(&out);
+    }
+}
+
+#[test]
+fn overwrite_refuses_folders_it_cannot_account_for() {
+    // An unreadable manifest: nothing says which files are the dataset's.
+    let (_tmp, out) = fresh();
+    write_example(&out, small_files());
+    let manifest = out.join(MANIFEST_FILE);
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    bytes.push(b' ');
+    std::fs::write(&manifest, &bytes).unwrap();
+    let before = list_dir(&out);
+    let err = DatasetWriter::create(&out, replacing()).err().unwrap().to_string();
+    assert!(
+        err.starts_with(&format!("output folder {} holds a dataset whose manifest cannot be read (", out.display())),
+        "{err}"
+    );
+    assert!(err.ends_with("replacing removes only the files a manifest lists, so move the folder away or clear it yourself"), "{err}");
+    assert_eq!(list_dir(&out), before);
+
+    // A shard name the manifest does not list.
+    let (_tmp, out) = fresh();
+    write_example(&out, small_files());
+    std::fs::write(out.join("scenes-00042.arrow"), b"not ours").unwrap();
+    let err = DatasetWriter::create(&out, replacing()).err().unwrap().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "output folder {} holds scenes-00042.arrow, which its manifest does not list; it is not replaced (move it away first)",
+            out.display()
+        )
+    );
+
+    // What an interrupted run of an older version left (dataset file names, no manifest) is replaced.
+    let (_tmp, out) = fresh();
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("scenes-00000.arrow"), b"half a run").unwrap();
+    std::fs::write(out.join("samples-00000.arrow.tmp"), b"half a file").unwrap();
+    std::fs::write(out.join("notes.tmp"), b"user notes").unwrap();
+    let (manifest, digest) = write_other(&out, replacing()).finish(tool(), vec![]).unwrap();
+    assert_eq!(verified_digest(&out), digest);
+    let mut expect: Vec<String> = manifest.files.iter().map(|f| f.path.clone()).collect();
+    expect.extend(["manifest.json", "notes.tmp"].map(String::from));
+    expect.sort();
+    assert_eq!(list_dir(&out), expect);
+}
+
+#[test]
+fn manifest_paths_must_stay_inside_the_dataset_folder() {
+    let (tmp, out) = fresh();
+    write_example(&out, small_files());
+    // The first shard moved out of the folder, the manifest pointing at it.
+    let moved = tmp.path().join("elsewhere.arrow");
+    std::fs::rename(out.join("scenes-00000.arrow"), &moved).unwrap();
+    let manifest = Manifest::read(&out).unwrap();
+    for bad in ["../elsewhere.arrow", moved.to_str().unwrap(), "sub/scenes-00000.arrow", ".", ""] {
+        let mut edited = manifest.clone();
+        edited.files[0].path = bad.to_string();
+        edited.write(&out).unwrap();
+        let expect = format!(
+            "{}: files[0] (scenes) has path {bad:?}, which is not a file name inside the dataset folder (absolute paths, `..` and sub-folders are refused)",
+            out.join(MANIFEST_FILE).display()
+        );
+        assert_eq!(Manifest::read(&out).unwrap_err().to_string(), expect);
+        assert!(verify_dataset(&out).unwrap_err().to_string().ends_with(&expect));
+        assert!(Dataset::open(&out).err().unwrap().to_string().ends_with(&expect));
+    }
+    // A symbolic link in the folder is refused as well, by verify and by the reader.
+    manifest.write(&out).unwrap();
+    std::os::unix::fs::symlink(&moved, out.join("scenes-00000.arrow")).unwrap();
+    let report = verify_dataset(&out).unwrap();
+    assert_eq!(
+        report.problems,
+        [format!(
+            "scenes-00000.arrow: is a symbolic link to {}; a dataset's files must lie in its folder",
+            moved.display()
+        )]
+    );
+    let err = Dataset::open(&out).err().unwrap().to_string();
+    assert!(
+        err.ends_with(&format!("is a symbolic link to {}; a dataset's files must lie in its folder", moved.display())),
+        "{err}"
+    );
 }
 
 /// Write the example as `count` parts, scene `i` going to part `i % count` with its samples and rejects.

@@ -257,6 +257,25 @@ fn unsupported_or_broken_adapters_are_refused() {
         err.contains("use_dora true (DoRA is not implemented)"),
         "{err}"
     );
+    // Fields whose meaning is not implemented are refused by name (they load in PEFT and give
+    // other logits there): aLoRA, initialisations that change the base weights, unknown fields.
+    for (key, value, expect) in [
+        ("alora_invocation_tokens", serde_json::json!([27, 91]), "alora_invocation_tokens [27,91] (aLoRA applies the adapter only after its invocation tokens; not implemented)"),
+        ("init_lora_weights", serde_json::json!("pissa_niter_4"), "init_lora_weights \"pissa_niter_4\" (this initialisation changes the base weights; convert the adapter to plain LoRA with PEFT first"),
+        ("init_lora_weights", serde_json::json!("olora"), "init_lora_weights \"olora\" (this initialisation changes the base weights"),
+        ("init_lora_weights", serde_json::json!("corda"), "init_lora_weights \"corda\" (this initialisation changes the base weights"),
+        ("init_lora_weights", serde_json::json!("loftq"), "init_lora_weights \"loftq\" (this initialisation changes the base weights"),
+        ("init_lora_weights", serde_json::json!("lora_ga"), "init_lora_weights \"lora_ga\" (this initialisation changes the base weights"),
+        ("init_lora_weights", serde_json::json!("eva"), "init_lora_weights \"eva\" (not implemented; only true, false and \"gaussian\" are)"),
+        ("use_qalora", serde_json::json!(true), "use_qalora true (QALoRA is not implemented)"),
+        ("loftq_config", serde_json::json!({"loftq_bits": 4}), "loftq_config {\"loftq_bits\":4} (LoftQ changes the base weights; not implemented)"),
+        ("trainable_token_indices", serde_json::json!([5]), "trainable_token_indices [5] (trainable token embeddings are not implemented)"),
+        ("rank_pattern", serde_json::json!({"q_proj": 8}), "rank_pattern {\"q_proj\":8} (per-module ranks are not supported)"),
+        ("lora_magic", serde_json::json!(1), "lora_magic 1: a field this LoRA implementation does not know; refused rather than computing something else"),
+    ] {
+        let err = case(&set(key, value.clone()));
+        assert!(err.contains(expect), "{key} {value}: {err}");
+    }
     let err = case(&set(
         "target_modules",
         serde_json::json!(["q_proj", "lm_head"]),

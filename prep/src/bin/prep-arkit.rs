@@ -11,7 +11,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use roomplan_prep::actions::synthesis::SynthesisConfig;
 use roomplan_prep::arkit::{discover_videos, parse_metadata_csv, prepare_video, ArkitOptions, Video, VideoMeta};
 use roomplan_prep::manifest::ToolInfo;
-use roomplan_prep::pipeline::{exit_with, merge_arguments, run_scenes, CommonArgs, InputRoot, Prelude, SceneJob};
+use roomplan_prep::pipeline::{check_out_dir, exit_with, merge_arguments, run_scenes, CommonArgs, InputRoot, Prelude, SceneJob};
 use roomplan_prep::rejects::Reject;
 
 const TOOL: &str = "prep-arkit";
@@ -77,6 +77,7 @@ fn parse_args() -> Args {
 fn run(args: Args) -> Result<ExitCode> {
     args.common.validate()?;
     let root = InputRoot::new("arkitscenes", &args.arkitscenes)?;
+    check_out_dir(&args.common.out_dir("arkitscenes"), &[&root])?;
     let dataset_dir = root.require(args.layout.folder())?;
     let metadata_path = root.require(&format!("{}/metadata.csv", args.layout.folder()))?;
 
@@ -122,7 +123,7 @@ fn run(args: Args) -> Result<ExitCode> {
         prepare_video(&root, video, meta.as_ref(), &options)
     })
     .with_context(|| format!("writing {}", out.display()))?;
-    Ok(summary.exit_code(args.common.strict))
+    Ok(summary.report(args.common.strict))
 }
 
 fn main() -> ExitCode {

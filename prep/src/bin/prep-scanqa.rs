@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use roomplan_prep::manifest::ToolInfo;
-use roomplan_prep::pipeline::{
+use roomplan_prep::pipeline::{check_out_dir, 
     exit_with, merge_arguments, reject_ids_across_files, run_scenes, CommonArgs, InputRoot, Prelude, SceneJob,
     SceneOutput,
 };
@@ -54,6 +54,7 @@ fn run(args: Args) -> Result<ExitCode> {
     let scannet = InputRoot::new("scannet", &args.scannet)?;
     scannet.require("scans")?;
     let scanqa = InputRoot::new("scanqa", &args.scanqa)?;
+    check_out_dir(&args.common.out_dir("scanqa"), &[&scannet, &scanqa])?;
     let mut splits = args.splits.clone();
     splits.sort();
     splits.dedup();
@@ -107,7 +108,7 @@ fn run(args: Args) -> Result<ExitCode> {
         }
     })
     .with_context(|| format!("writing {}", out.display()))?;
-    Ok(summary.exit_code(args.common.strict))
+    Ok(summary.report(args.common.strict))
 }
 
 fn main() -> ExitCode {

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use roomplan_prep::manifest::ToolInfo;
-use roomplan_prep::pipeline::{
+use roomplan_prep::pipeline::{check_out_dir, 
     exit_with, merge_arguments, raw_input_of_bytes, reject_ids_across_files, run_scenes, CommonArgs, InputRoot,
     Prelude, SceneJob, SceneOutput,
 };
@@ -76,6 +76,7 @@ fn run(args: Args) -> Result<ExitCode> {
     let scannet = InputRoot::new("scannet", &args.scannet)?;
     scannet.require("scans")?;
     let sqa3d = InputRoot::new("sqa3d", &args.sqa3d)?;
+    check_out_dir(&args.common.out_dir("sqa3d"), &[&scannet, &sqa3d])?;
     if args.bev {
         sqa3d.require("bird")?;
     }
@@ -196,7 +197,7 @@ fn run(args: Args) -> Result<ExitCode> {
         }
     })
     .with_context(|| format!("writing {}", out.display()))?;
-    Ok(summary.exit_code(args.common.strict))
+    Ok(summary.report(args.common.strict))
 }
 
 /// Appends the scene's bird's-eye PNG as a view without geometry; a missing or unreadable image is

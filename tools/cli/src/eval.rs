@@ -16,7 +16,6 @@ use roomplan_eval::answers::{score_scanqa, score_sqa3d, Sqa3dPrediction};
 use roomplan_eval::caption::{ptb_tokenize, score as caption_score};
 use roomplan_prep::actions::validate_text;
 use roomplan_prep::shard::{Dataset, SampleRecord};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 #[derive(clap::Subcommand)]
@@ -54,24 +53,62 @@ pub struct EvalArgs {
     split: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// One prediction record as read: the id and the texts, best first.
 struct Prediction {
-    #[serde(alias = "question_id")]
     sample_id: Value,
-    #[serde(default, alias = "answer_top10")]
-    answers: Option<Vec<String>>,
-    #[serde(default)]
-    prediction: Option<String>,
+    texts: Vec<String>,
 }
 
+/// Fields of ScanQA's and SQA3D's annotation records: a record with one of these beside `answers`
+/// is an annotation (its `answers` are the references), not a prediction.
+const ANNOTATION_FIELDS: [&str; 5] = ["question", "object_ids", "object_names", "situation", "answer_type"];
+
+/// Where a prediction's texts are: a list (`answer_top10`, `answers`) or one text (`prediction`).
+const PREDICTION_FIELDS: [&str; 3] = ["answer_top10", "answers", "prediction"];
+
 impl Prediction {
-    /// Best first.
-    fn texts(&self) -> Vec<String> {
-        match (&self.answers, &self.prediction) {
-            (Some(list), _) => list.clone(),
-            (None, Some(text)) => vec![text.clone()],
-            (None, None) => vec![],
+    /// Reads one record. Refused: no id or two ids, no prediction field or more than one (a record
+    /// with `answers` and `prediction` is ScanQA's annotation layout plus a prediction: which one
+    /// would be scored?), `answers` beside annotation fields (the references, not predictions).
+    fn from_value(value: Value) -> std::result::Result<Prediction, String> {
+        let Value::Object(map) = value else {
+            return Err("is not a JSON object".into());
+        };
+        let ids: Vec<&str> = ["sample_id", "question_id"].into_iter().filter(|k| map.contains_key(*k)).collect();
+        let sample_id = match ids.as_slice() {
+            [key] => map[*key].clone(),
+            [] => return Err("has no `sample_id` (or `question_id`)".into()),
+            _ => return Err("has both `sample_id` and `question_id`; give one".into()),
+        };
+        let fields: Vec<&str> = PREDICTION_FIELDS.into_iter().filter(|k| map.contains_key(*k)).collect();
+        let field = match fields.as_slice() {
+            [field] => *field,
+            [] => return Err("has neither `answer_top10`, `answers` nor `prediction`".into()),
+            several => {
+                return Err(format!(
+                    "has {}: ambiguous, which one is the prediction? (in ScanQA's annotation layout `answers` are the references); give exactly one of `answer_top10`, `answers`, `prediction`",
+                    several.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(" and ")
+                ))
+            }
+        };
+        if field == "answers" {
+            if let Some(annotation) = ANNOTATION_FIELDS.iter().find(|k| map.contains_key(**k)) {
+                return Err(format!(
+                    "has `answers` beside `{annotation}`: that is the dataset's annotation layout, where `answers` are the reference answers, not predictions; name the predictions `answer_top10` (a list) or `prediction` (one text)"
+                ));
+            }
         }
+        let texts = match (&map[field], field) {
+            (Value::String(text), "prediction") => vec![text.clone()],
+            (Value::Array(items), "answer_top10" | "answers") => items
+                .iter()
+                .map(|item| item.as_str().map(str::to_string))
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| format!("has `{field}` that is not a list of strings"))?,
+            (_, "prediction") => return Err("has a `prediction` that is not a string".into()),
+            _ => return Err(format!("has `{field}` that is not a list of strings")),
+        };
+        Ok(Prediction { sample_id, texts })
     }
 }
 
@@ -110,25 +147,19 @@ fn read_predictions(path: &Path) -> Result<BTreeMap<String, Vec<String>>> {
     };
     let mut predictions = BTreeMap::new();
     for (at, value) in records {
-        let p: Prediction = serde_json::from_value(value).with_context(|| {
-            format!(
-                "{}: {at}: expected {{\"sample_id\", \"answers\": [..] or \"prediction\": \"..\"}}",
-                path.display()
-            )
-        })?;
+        let who = ["sample_id", "question_id"]
+            .iter()
+            .find_map(|k| value.get(*k).and_then(id_text))
+            .map_or_else(|| "the record".to_string(), |id| format!("sample {id}"));
+        let p = Prediction::from_value(value)
+            .map_err(|e| anyhow::anyhow!("{}: {at}: {who} {e}", path.display()))?;
         let Some(id) = id_text(&p.sample_id) else {
             bail!(
                 "{}: {at}: sample_id must be a string or a number",
                 path.display()
             );
         };
-        if p.answers.is_none() && p.prediction.is_none() {
-            bail!(
-                "{}: {at}: sample {id} has neither `answers` nor `prediction`",
-                path.display()
-            );
-        }
-        if predictions.insert(id.clone(), p.texts()).is_some() {
+        if predictions.insert(id.clone(), p.texts).is_some() {
             bail!(
                 "{}: {at}: a second prediction for sample {id}",
                 path.display()

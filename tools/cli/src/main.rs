@@ -35,7 +35,19 @@ enum Command {
     Pin(pin::PinArgs),
 }
 
+/// Output piped into a reader that stops early (`tools shard inspect DIR | head -1`) ends the
+/// process quietly, as it does for other Unix tools, instead of a panic on the broken pipe: Rust
+/// ignores SIGPIPE by default, so its default action is restored.
+fn quiet_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; only resets a disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    quiet_broken_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Shard(cmd) => shard::run(cmd),

@@ -280,10 +280,34 @@ fn refusals_name_the_file_and_the_samples() {
     let err = qa(&[]);
     assert!(
         err.contains(&format!(
-            "{p_arg}: line 1: sample x has neither `answers` nor `prediction`"
+            "{p_arg}: line 1: sample x has neither `answer_top10`, `answers` nor `prediction`"
         )),
         "{err}"
     );
+    // A record in ScanQA's annotation layout (`answers` = the references) plus a prediction: the
+    // references must never be read as the predictions.
+    std::fs::write(&preds, "{\"question_id\": \"val-scene0000-0\", \"scene_id\": \"scene0000_00\", \"question\": \"What colour?\", \"answers\": [\"brown\"], \"prediction\": \"white\"}\n").unwrap();
+    let err = qa(&["--split", "val"]);
+    assert!(
+        err.contains(&format!(
+            "{p_arg}: line 1: sample val-scene0000-0 has `answers` and `prediction`: ambiguous, which one is the prediction? (in ScanQA's annotation layout `answers` are the references); give exactly one of `answer_top10`, `answers`, `prediction`"
+        )),
+        "{err}"
+    );
+    std::fs::write(&preds, "[{\"question_id\": \"val-scene0000-0\", \"question\": \"What colour?\", \"answers\": [\"brown\"]}]").unwrap();
+    let err = qa(&["--split", "val"]);
+    assert!(
+        err.contains(&format!(
+            "{p_arg}: element 0: sample val-scene0000-0 has `answers` beside `question`: that is the dataset's annotation layout, where `answers` are the reference answers, not predictions; name the predictions `answer_top10` (a list) or `prediction` (one text)"
+        )),
+        "{err}"
+    );
+    std::fs::write(&preds, "{\"sample_id\": \"x\", \"question_id\": \"y\", \"prediction\": \"a\"}\n{\"sample_id\": 5, \"prediction\": [\"a\"]}\n").unwrap();
+    let err = qa(&[]);
+    assert!(err.contains(&format!("{p_arg}: line 1: sample x has both `sample_id` and `question_id`; give one")), "{err}");
+    std::fs::write(&preds, "{\"sample_id\": 5, \"prediction\": [\"a\"]}\n").unwrap();
+    let err = qa(&[]);
+    assert!(err.contains(&format!("{p_arg}: line 1: sample 5 has a `prediction` that is not a string")), "{err}");
     std::fs::write(&preds, "not json\n").unwrap();
     assert!(qa(&[]).contains(&format!("{p_arg}: line 1: not JSON")));
 }

@@ -152,3 +152,31 @@ fn merge_joins_parts() {
         text(&out.stderr)
     );
 }
+
+/// `tools shard inspect DIR | head -1`: the reader stops after one line; tools ends quietly (no
+/// panic message about a broken pipe), as Unix tools do.
+#[test]
+fn inspect_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("example");
+    write_example(&dir, None);
+    // The reader is gone before tools writes its first line (`head -1` closes after one line;
+    // closing before any is the same and does not depend on timing).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tools"))
+        .args(["shard", "inspect", dir.to_str().unwrap(), "--rows", "3"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(stderr, "", "{status:?}");
+    // Ended by SIGPIPE like `cat` or `ls` (the shell reports nothing), not a panic's exit 101.
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(13), "{status:?}");
+}

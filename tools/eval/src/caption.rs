@@ -21,6 +21,8 @@ pub enum CaptionError {
     },
     #[error("question {index} has no reference answer")]
     NoReferences { index: usize },
+    #[error("CIDEr is undefined here: every reference answer of the {questions} questions is empty after PTB tokenization (punctuation only), so there are no n-grams to weigh (pycocoevalcap raises on this set too)")]
+    NoReferenceNgrams { questions: usize },
 }
 
 /// Corpus scores of one set of questions.
@@ -400,6 +402,12 @@ pub fn cider_d(
             *doc_freq.entry(g).or_insert(0.0) += 1.0;
         }
     }
+    if doc_freq.is_empty() {
+        // pycocoevalcap's `max(self.document_frequency.values())` fails on this set.
+        return Err(CaptionError::NoReferenceNgrams {
+            questions: references.len(),
+        });
+    }
     let log_n = (references.len() as f64).ln();
     Ok(candidates
         .iter()
@@ -477,5 +485,17 @@ mod tests {
             score(&cands, &empty).unwrap_err(),
             CaptionError::NoReferences { index: 1 }
         );
+        // References that are all punctuation leave CIDEr nothing to weigh: an error, as the
+        // official scorer raises, not a score of 0. One reference with a word is enough.
+        let punctuation = vec![s(&["."]), s(&["?", "..."])].iter().map(|r| r.iter().map(|x| ptb_tokenize(x)).collect()).collect::<Vec<Vec<String>>>();
+        let err = cider_d(&cands, &punctuation).unwrap_err();
+        assert_eq!(err, CaptionError::NoReferenceNgrams { questions: 2 });
+        assert_eq!(
+            err.to_string(),
+            "CIDEr is undefined here: every reference answer of the 2 questions is empty after PTB tokenization (punctuation only), so there are no n-grams to weigh (pycocoevalcap raises on this set too)"
+        );
+        assert_eq!(score(&cands, &punctuation).unwrap_err(), err);
+        let one_word = vec![s(&["."]), s(&["brown"])];
+        assert_eq!(cider_d(&cands, &one_word).unwrap()[0], 0.0);
     }
 }

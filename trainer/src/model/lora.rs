@@ -175,30 +175,10 @@ impl LoraConfig {
             "peft_type {peft_type:?} (only LORA is supported)"
         );
         let flag = |k: &str| get(k).and_then(Value::as_bool).unwrap_or(false);
-        ensure!(!flag("use_dora"), "use_dora true (DoRA is not implemented)");
-        ensure!(
-            !flag("fan_in_fan_out"),
-            "fan_in_fan_out true (not a Qwen3 layout)"
-        );
-        ensure!(!flag("lora_bias"), "lora_bias true (not implemented)");
-        let bias = get("bias").and_then(Value::as_str).unwrap_or("none");
-        ensure!(bias == "none", "bias {bias:?} (only \"none\" is supported)");
-        for k in ["rank_pattern", "alpha_pattern"] {
-            if let Some(v) = get(k) {
-                ensure!(
-                    v.as_object().is_some_and(Map::is_empty),
-                    "{k} {v} (per-module ranks are not supported)"
-                );
-            }
-        }
-        for k in [
-            "layers_to_transform",
-            "modules_to_save",
-            "layer_replication",
-            "exclude_modules",
-            "target_parameters",
-        ] {
-            ensure!(get(k).is_none(), "{k} {} is not supported", obj[k]);
+        // Every field must be one whose meaning is implemented here, or hold the value that means
+        // "not used": an adapter that loads must compute what PEFT computes.
+        for (key, value) in obj {
+            check_peft_field(key, value)?;
         }
         let r = get("r")
             .and_then(Value::as_u64)
@@ -280,6 +260,115 @@ impl LoraConfig {
         }
         let sorted: BTreeMap<_, _> = map.clone().into_iter().collect();
         Value::Object(sorted.into_iter().collect())
+    }
+}
+
+/// How this implementation treats a field of PEFT's `LoraConfig`.
+enum PeftField {
+    /// Metadata, or implemented here: any value.
+    Any,
+    /// Has no effect here because the field it modifies is refused unless unused (e.g.
+    /// `megatron_core` without `megatron_config`; the governing field is named in the table).
+    Ignored,
+    /// Not implemented: only its "not used" value (null, false, `{}`, `[]`, or the one given) is
+    /// accepted; the text says what the field would do.
+    OnlyUnused(Option<&'static str>, &'static str),
+}
+
+/// The fields of PEFT's `LoraConfig` (0.21) and their treatment. Fields not listed are refused.
+const PEFT_FIELDS: [(&str, PeftField); 43] = {
+    use PeftField::*;
+    [
+        ("auto_mapping", Any),
+        ("base_model_name_or_path", Any),
+        ("revision", Any),
+        ("task_type", Any),
+        ("inference_mode", Any),
+        ("peft_version", Any),
+        ("peft_type", Any), // checked to be LORA
+        ("runtime_config", Any),
+        ("r", Any),
+        ("lora_alpha", Any),
+        ("lora_dropout", Any),
+        ("target_modules", Any), // a list of names; checked when read
+        ("use_rslora", Any),
+        ("init_lora_weights", Any), // checked by `check_init_lora_weights`
+        ("layers_pattern", Ignored), // without layers_to_transform
+        ("megatron_core", Ignored), // without megatron_config
+        ("qalora_group_size", Ignored), // without use_qalora
+        ("ensure_weight_tying", Ignored), // without modules_to_save
+        ("use_dora", OnlyUnused(None, "DoRA is not implemented")),
+        ("fan_in_fan_out", OnlyUnused(None, "not a Qwen3 layout")),
+        ("lora_bias", OnlyUnused(None, "not implemented")),
+        ("bias", OnlyUnused(Some("none"), "only \"none\" is supported")),
+        ("rank_pattern", OnlyUnused(None, "per-module ranks are not supported")),
+        ("alpha_pattern", OnlyUnused(None, "per-module ranks are not supported")),
+        ("layers_to_transform", OnlyUnused(None, "is not supported")),
+        ("modules_to_save", OnlyUnused(None, "is not supported")),
+        ("layer_replication", OnlyUnused(None, "is not supported")),
+        ("exclude_modules", OnlyUnused(None, "is not supported")),
+        ("target_parameters", OnlyUnused(None, "is not supported")),
+        ("trainable_token_indices", OnlyUnused(None, "trainable token embeddings are not implemented")),
+        ("alora_invocation_tokens", OnlyUnused(None, "aLoRA applies the adapter only after its invocation tokens; not implemented")),
+        ("use_qalora", OnlyUnused(None, "QALoRA is not implemented")),
+        ("loftq_config", OnlyUnused(None, "LoftQ changes the base weights; not implemented")),
+        ("eva_config", OnlyUnused(None, "EVA initialisation is not implemented")),
+        ("corda_config", OnlyUnused(None, "CorDA changes the base weights; not implemented")),
+        ("lora_ga_config", OnlyUnused(None, "LoRA-GA changes the base weights; not implemented")),
+        ("megatron_config", OnlyUnused(None, "Megatron parallel layers are not implemented")),
+        ("arrow_config", OnlyUnused(None, "Arrow routing is not implemented")),
+        ("kasa_config", OnlyUnused(None, "KaSA is not implemented")),
+        ("monteclora_config", OnlyUnused(None, "MonteCLoRA is not implemented")),
+        ("use_bdlora", OnlyUnused(None, "BD-LoRA is not implemented")),
+        ("velora_config", OnlyUnused(None, "VeLoRA is not implemented")),
+        ("bdlora_config", OnlyUnused(None, "BD-LoRA is not implemented")),
+    ]
+};
+
+/// Whether a value means "not used": null, false, an empty object or list.
+fn is_unused(value: &Value) -> bool {
+    match value {
+        Value::Null | Value::Bool(false) => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+/// Refuses a field of `adapter_config.json` whose meaning is not implemented, by name.
+fn check_peft_field(key: &str, value: &Value) -> Result<()> {
+    let Some((_, rule)) = PEFT_FIELDS.iter().find(|(k, _)| *k == key) else {
+        bail!("{key} {value}: a field this LoRA implementation does not know; refused rather than computing something else");
+    };
+    match rule {
+        PeftField::Any | PeftField::Ignored => {}
+        PeftField::OnlyUnused(unused, why) => {
+            let fine = is_unused(value) || unused.is_some_and(|u| value.as_str() == Some(u));
+            ensure!(fine, "{key} {value} ({why})");
+        }
+    }
+    if key == "init_lora_weights" {
+        check_init_lora_weights(value)?;
+    }
+    Ok(())
+}
+
+/// `init_lora_weights`: `true`, `false` and `"gaussian"` only choose the starting A and B, so the
+/// saved matrices are the whole adapter. PiSSA, OLoRA, CorDA, LoftQ and LoRA-GA also change the base
+/// weights at initialisation: an adapter saved without PEFT's conversion to plain LoRA needs those
+/// changed weights, and would compute something else on the original model.
+fn check_init_lora_weights(value: &Value) -> Result<()> {
+    match value {
+        Value::Bool(_) | Value::Null => Ok(()),
+        Value::String(s) if s == "gaussian" => Ok(()),
+        Value::String(s)
+            if s.starts_with("pissa") || ["olora", "corda", "loftq", "lora_ga"].contains(&s.as_str()) =>
+        {
+            bail!(
+                "init_lora_weights {value} (this initialisation changes the base weights; convert the adapter to plain LoRA with PEFT first: save_pretrained(..., path_initial_model_for_weight_conversion=...))"
+            )
+        }
+        other => bail!("init_lora_weights {other} (not implemented; only true, false and \"gaussian\" are)"),
     }
 }
 
