@@ -5,8 +5,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod eval;
+mod export;
+mod font;
 mod parity;
+mod plot;
 mod shard;
+mod show;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +33,9 @@ enum Command {
     /// Score predictions against a prepared dataset's answers or target actions (JSON on stdout).
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Chart training runs (loss, learning rates, grad norm, evaluation metrics; PNG and SVG) and
+    /// write a report.md into each run directory.
+    Plot(plot::PlotArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +44,7 @@ fn main() -> ExitCode {
         Command::Shard(cmd) => shard::run(cmd),
         Command::Parity(args) => parity::run(args),
         Command::Eval(cmd) => eval::run(cmd),
+        Command::Plot(args) => plot::run(&args),
     };
     match result {
         Ok(code) => code,
