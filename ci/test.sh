@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export INSTA_UPDATE=no CARGO_TERM_COLOR=never
+# tools eval qa's METEOR must be compared with pycocoevalcap (tools/cli/tests/eval_references.rs).
+export ROOMPLAN_REQUIRE_METEOR=1
 export ROOMPLAN_SHARED="${ROOMPLAN_SHARED:-$(cd .. && pwd)/shared}"
 [ -d "$ROOMPLAN_SHARED/parity" ] || { echo "error: shared fixtures not found at $ROOMPLAN_SHARED (set ROOMPLAN_SHARED)"; exit 2; }
 
@@ -35,7 +37,7 @@ for fixture in qwen3 vggt/conv vggt/dinov2; do
   "$bin/tools" parity "$ROOMPLAN_SHARED/parity/$fixture"
 done
 
-step "end to end: synth (with faults) → prep-scanqa, prep-sqa3d, prep-arkit → verify → pyarrow → tools eval"
+step "end to end: synth (with faults) → prep-scanqa, prep-sqa3d, prep-arkit → verify → pyarrow → tools eval → Parquet export read by pyarrow and duckdb"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$bin/synth" --out "$work/raw" --scenes 3 --frames 16 --faults --scannet-format both
@@ -51,6 +53,11 @@ if "$bin/prep-scanqa" --scannet "$work/raw/scannet" --scanqa "$work/raw/scanqa" 
 fi
 python3 ci/pyarrow_check.py "$work/shards/scanqa" "$work/shards/sqa3d" "$work/shards/arkit"
 python3 ci/oracle_eval.py "$bin/tools" "$work/shards/scanqa" "$work/shards/sqa3d" "$work/shards/arkit"
+for d in scanqa sqa3d arkit; do
+  "$bin/tools" shard export --format parquet "$work/shards/$d" "$work/parquet/$d" > /dev/null
+done
+python3 ci/parquet_check.py "$work/shards/scanqa" "$work/parquet/scanqa" "$work/shards/sqa3d" "$work/parquet/sqa3d" \
+  "$work/shards/arkit" "$work/parquet/arkit"
 
 step "the main job: tools/demo.sh (synth → prep → train tiny, its pins verified → predict → tools eval)"
 ROOMPLAN_BIN="$bin" bash tools/demo.sh

@@ -12,17 +12,18 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use roomplan_eval::actions::{score_action, summarize, Tolerances};
-use roomplan_eval::answers::{score_scanqa, score_sqa3d, Sqa3dPrediction};
-use roomplan_eval::caption::{ptb_tokenize, score as caption_score};
 use roomplan_prep::actions::validate_text;
 use roomplan_prep::shard::{Dataset, SampleRecord};
 use serde_json::{json, Value};
 
+mod qa;
+
 #[derive(clap::Subcommand)]
 pub enum EvalCommand {
-    /// Score ScanQA / SQA3D answers: EM@1, EM@10, LEO EM and refined EM, BLEU-1..4, ROUGE-L,
-    /// CIDEr (ScanQA), top-1 and per-question-type accuracy (SQA3D). Percentages; JSON on stdout.
-    Qa(EvalArgs),
+    /// Score ScanQA / SQA3D answers against a prepared dataset or the official annotation files:
+    /// EM@1, EM@10, BLEU-1..4, METEOR, ROUGE-L, CIDEr, LEO EM (both readings) and refined EM,
+    /// SQA3D top-1 per question type. Percentages; JSON (or a Markdown table) on stdout.
+    Qa(qa::QaArgs),
     /// Score stage-3 RoomPlan actions: valid, exact, same action, correct within tolerances.
     Actions {
         #[command(flatten)]
@@ -221,76 +222,9 @@ fn join(args: &EvalArgs, tasks: &[&str]) -> Result<Vec<(SampleRecord, Vec<String
     Ok(joined)
 }
 
-fn scanqa_scores(items: &[(SampleRecord, Vec<String>)]) -> Result<Value> {
-    let pairs: Vec<(Vec<String>, Vec<String>)> = items
-        .iter()
-        .map(|(s, p)| (p.clone(), s.answers.clone()))
-        .collect();
-    let answers = score_scanqa(&pairs);
-    // The caption scores take the top-1 answer, both sides PTB-tokenized, as ScanQA's score.py.
-    let candidates: Vec<String> = pairs
-        .iter()
-        .map(|(p, _)| ptb_tokenize(p.first().map(String::as_str).unwrap_or("")))
-        .collect();
-    let references: Vec<Vec<String>> = pairs
-        .iter()
-        .map(|(_, a)| a.iter().map(|x| ptb_tokenize(x)).collect())
-        .collect();
-    let caption = caption_score(&candidates, &references)?;
-    Ok(json!({
-        "task": "scanqa",
-        "n": answers.n,
-        "em1": answers.em1,
-        "em10": answers.em10,
-        "leo_em": answers.leo_em,
-        "leo_refined_em": answers.leo_refined_em,
-        "bleu1": 100.0 * caption.bleu[0],
-        "bleu2": 100.0 * caption.bleu[1],
-        "bleu3": 100.0 * caption.bleu[2],
-        "bleu4": 100.0 * caption.bleu[3],
-        "rouge_l": 100.0 * caption.rouge_l,
-        "cider": 100.0 * caption.cider,
-        "not_computed": ["meteor", "top1_f_value"],
-    }))
-}
-
-fn sqa3d_scores(items: &[(SampleRecord, Vec<String>)]) -> Value {
-    let predictions: Vec<Sqa3dPrediction> = items
-        .iter()
-        .map(|(s, p)| Sqa3dPrediction {
-            question: s.question.clone(),
-            prediction: p.first().cloned().unwrap_or_default(),
-            answers: s.answers.clone(),
-        })
-        .collect();
-    let mut value = serde_json::to_value(score_sqa3d(&predictions)).expect("scores serialize");
-    value["task"] = json!("sqa3d");
-    value
-}
-
 pub fn run(cmd: EvalCommand) -> Result<ExitCode> {
     let report = match cmd {
-        EvalCommand::Qa(args) => {
-            let items = join(&args, &["scanqa", "sqa3d"])?;
-            if let Some((s, _)) = items.iter().find(|(s, _)| s.answers.is_empty()) {
-                bail!(
-                    "{}: sample {} ({} split) has no reference answers; score a split that has them (--split val)",
-                    args.dataset.display(),
-                    s.sample_id,
-                    s.split
-                );
-            }
-            let (scanqa, sqa3d): (Vec<_>, Vec<_>) =
-                items.into_iter().partition(|(s, _)| s.task == "scanqa");
-            let mut reports = Vec::new();
-            if !scanqa.is_empty() {
-                reports.push(scanqa_scores(&scanqa)?);
-            }
-            if !sqa3d.is_empty() {
-                reports.push(sqa3d_scores(&sqa3d));
-            }
-            json!(reports)
-        }
+        EvalCommand::Qa(args) => return qa::run(args),
         EvalCommand::Actions {
             args,
             position_m,

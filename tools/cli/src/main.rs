@@ -6,9 +6,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod eval;
+mod export;
+mod font;
 mod parity;
 mod pin;
+mod plot;
 mod shard;
+mod show;
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +37,9 @@ enum Command {
     Eval(eval::EvalCommand),
     /// Fill in or update the digests an experiment file pins (datasets, model files).
     Pin(pin::PinArgs),
+    /// Chart training runs (loss, learning rates, grad norm, evaluation metrics; PNG and SVG) and
+    /// write a report.md into each run directory.
+    Plot(plot::PlotArgs),
 }
 
 /// Output piped into a reader that stops early (`tools shard inspect DIR | head -1`) ends the
@@ -54,6 +61,7 @@ fn main() -> ExitCode {
         Command::Parity(args) => parity::run(args),
         Command::Eval(cmd) => eval::run(cmd),
         Command::Pin(args) => pin::run(args),
+        Command::Plot(args) => plot::run(&args),
     };
     match result {
         Ok(code) => code,

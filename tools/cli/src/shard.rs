@@ -38,6 +38,12 @@ pub enum ShardCommand {
         #[arg(required = true)]
         parts: Vec<PathBuf>,
     },
+    /// Export both tables for other tools: Parquet laid out as a Hugging Face dataset
+    /// (OUT/data/<table>-<split>-NNNNN-of-NNNNN.parquet and OUT/README.md with the dataset card).
+    Export(crate::export::ExportArgs),
+    /// Draw a sample's views side by side with its geometry on them (the other views' camera
+    /// centres, stage-3 target boxes, the SQA3D agent) and its question/answers or action as caption.
+    Show(crate::show::ShowArgs),
 }
 
 pub fn run(cmd: ShardCommand) -> anyhow::Result<ExitCode> {
@@ -71,6 +77,8 @@ pub fn run(cmd: ShardCommand) -> anyhow::Result<ExitCode> {
             println!("{}", manifest.digest());
             Ok(ExitCode::SUCCESS)
         }
+        ShardCommand::Export(args) => crate::export::run(&args),
+        ShardCommand::Show(args) => crate::show::run(&args),
         ShardCommand::Merge { out, parts } => {
             let (manifest, digest) = merge_datasets(&out, &parts)
                 .with_context(|| format!("cannot merge into {}", out.display()))?;

@@ -147,6 +147,8 @@ fn qa_scores_scanqa_and_sqa3d_from_jsonl_and_official_layouts() {
         preds.to_str().unwrap(),
         "--split",
         "val",
+        "--meteor",
+        "off",
     ];
     let report = run_ok(&args);
     let (scanqa, sqa3d) = (&report[0], &report[1]);

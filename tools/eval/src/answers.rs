@@ -272,6 +272,14 @@ pub fn leo_refined_em<G: AsRef<str>>(pred: &str, gts: &[G]) -> bool {
     leo_match(pred, gts).refined_em
 }
 
+/// The other EM reading (FORMATS §6.3): the cleaned prediction equals **any** cleaned ground
+/// truth, whatever their order. At least LEO's EM ([`leo_em`]), often higher. (The refined readings
+/// agree: LEO's first-match rule finds a refined match whenever any ground truth is one.)
+pub fn leo_em_any<G: AsRef<str>>(pred: &str, gts: &[G]) -> bool {
+    let pred = clean_answer(pred);
+    gts.iter().any(|g| clean_answer(g.as_ref()) == pred)
+}
+
 /// SQA3D question type by the question's first word (`get_sqa_question_type`; MCAN uses the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -373,8 +381,10 @@ pub struct AnswerScores {
     pub em1: f64,
     /// ScanQA official "Top10 (EM)".
     pub em10: f64,
-    /// LEO EM of the top-1 prediction.
+    /// LEO EM of the top-1 prediction (its first-match rule).
     pub leo_em: f64,
+    /// EM of the top-1 prediction read as "cleaned prediction equals any cleaned reference".
+    pub leo_em_any: f64,
     /// LEO refined EM of the top-1 prediction.
     pub leo_refined_em: f64,
 }
@@ -383,13 +393,14 @@ pub struct AnswerScores {
 /// prediction; a question with no prediction counts as wrong in every metric (rather than as an
 /// empty string, which LEO's refined EM would accept).
 pub fn score_scanqa<P: AsRef<str>, A: AsRef<str>>(items: &[(Vec<P>, Vec<A>)]) -> AnswerScores {
-    let (mut em1, mut em10, mut leo_em, mut leo_refined) = (0, 0, 0, 0);
+    let (mut em1, mut em10, mut leo_em, mut leo_any, mut leo_refined) = (0, 0, 0, 0, 0);
     for (top, answers) in items {
         em1 += usize::from(em_at_1(top, answers));
         em10 += usize::from(em_at_k(top, answers, 10));
         if let Some(first) = top.first() {
             let m = leo_match(first.as_ref(), answers);
             leo_em += usize::from(m.em);
+            leo_any += usize::from(leo_em_any(first.as_ref(), answers));
             leo_refined += usize::from(m.refined_em);
         }
     }
@@ -399,6 +410,7 @@ pub fn score_scanqa<P: AsRef<str>, A: AsRef<str>>(items: &[(Vec<P>, Vec<A>)]) ->
         em1: percent(em1, n),
         em10: percent(em10, n),
         leo_em: percent(leo_em, n),
+        leo_em_any: percent(leo_any, n),
         leo_refined_em: percent(leo_refined, n),
     }
 }
@@ -420,6 +432,8 @@ pub struct TypeCounts {
     pub top1: usize,
     /// Correct by [`leo_em`].
     pub leo_em: usize,
+    /// Correct by [`leo_em_any`].
+    pub leo_em_any: usize,
     /// Correct by [`leo_refined_em`].
     pub leo_refined_em: usize,
 }
@@ -431,6 +445,7 @@ pub struct Sqa3dScores {
     /// Official top-1 accuracy, percent.
     pub top1: f64,
     pub leo_em: f64,
+    pub leo_em_any: f64,
     pub leo_refined_em: f64,
     /// All six types, also those with no question.
     pub by_type: BTreeMap<SqaQuestionType, TypeCounts>,
@@ -445,11 +460,13 @@ pub fn score_sqa3d(items: &[Sqa3dPrediction]) -> Sqa3dScores {
     for item in items {
         let top1 = sqa3d_top1(&item.prediction, &item.answers);
         let leo = leo_match(&item.prediction, &item.answers);
+        let any = leo_em_any(&item.prediction, &item.answers);
         let kind = SqaQuestionType::of_question(&item.question);
         for counts in [&mut overall, by_type.entry(kind).or_default()] {
             counts.total += 1;
             counts.top1 += usize::from(top1);
             counts.leo_em += usize::from(leo.em);
+            counts.leo_em_any += usize::from(any);
             counts.leo_refined_em += usize::from(leo.refined_em);
         }
     }
@@ -457,6 +474,7 @@ pub fn score_sqa3d(items: &[Sqa3dPrediction]) -> Sqa3dScores {
         n: overall.total,
         top1: percent(overall.top1, overall.total),
         leo_em: percent(overall.leo_em, overall.total),
+        leo_em_any: percent(overall.leo_em_any, overall.total),
         leo_refined_em: percent(overall.leo_refined_em, overall.total),
         by_type,
     }
@@ -541,8 +559,16 @@ mod tests {
                 em1: 25.0,
                 em10: 50.0,
                 leo_em: 50.0,
+                leo_em_any: 50.0,
                 leo_refined_em: 75.0,
             }
+        );
+        // The two EM readings differ when an earlier reference is a refined match.
+        let order = vec![(s(&["chair"]), s(&["chair table", "chair"]))];
+        let scores = score_scanqa(&order);
+        assert_eq!(
+            (scores.leo_em, scores.leo_em_any, scores.leo_refined_em),
+            (0.0, 100.0, 100.0)
         );
         let empty: Vec<(Vec<String>, Vec<String>)> = Vec::new();
         assert_eq!(score_scanqa(&empty).em1, 0.0);
@@ -573,6 +599,7 @@ mod tests {
                 total: 2,
                 top1: 1,
                 leo_em: 2,
+                leo_em_any: 2,
                 leo_refined_em: 2
             }
         );

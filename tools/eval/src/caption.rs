@@ -255,15 +255,18 @@ fn ngram_counts(text: &str) -> (usize, HashMap<Ngram<'_>, usize>) {
     (words.len(), counts)
 }
 
-/// Corpus BLEU-1..4 as `Bleu(4).compute_score` (option `closest`): clipped n-gram matches and
-/// lengths summed over questions, cumulative geometric means, brevity penalty `exp(1 − r/c)`.
-pub fn bleu(candidates: &[String], references: &[Vec<String>]) -> Result<[f64; 4], CaptionError> {
-    check(candidates, references)?;
-    const TINY: f64 = 1e-15;
-    const SMALL: f64 = 1e-9;
-    let (mut correct, mut guess) = ([0usize; 4], [0usize; 4]);
-    let (mut test_len, mut ref_len) = (0usize, 0usize);
-    for (cand, refs) in candidates.iter().zip(references) {
+/// One question's BLEU statistics: clipped n-gram matches, candidate n-gram counts, candidate
+/// length and the closest reference length.
+#[derive(Debug, Clone, Copy, Default)]
+struct BleuStats {
+    correct: [usize; 4],
+    guess: [usize; 4],
+    test_len: usize,
+    ref_len: usize,
+}
+
+impl BleuStats {
+    fn of(cand: &str, refs: &[String]) -> BleuStats {
         let mut max_counts: HashMap<Ngram<'_>, usize> = HashMap::new();
         let mut lengths = Vec::new();
         for r in refs {
@@ -281,28 +284,72 @@ pub fn bleu(candidates: &[String], references: &[Vec<String>]) -> Result<[f64; 4
             .copied()
             .min_by_key(|&l| (l.abs_diff(len), l))
             .unwrap_or(0);
-        test_len += len;
-        ref_len += closest;
+        let mut stats = BleuStats {
+            test_len: len,
+            ref_len: closest,
+            ..BleuStats::default()
+        };
         for k in 0..4 {
-            guess[k] += (len + 1).saturating_sub(k + 1);
+            stats.guess[k] = (len + 1).saturating_sub(k + 1);
         }
         for (g, n) in &counts {
-            correct[g.len() - 1] += (*n).min(max_counts.get(g).copied().unwrap_or(0));
+            stats.correct[g.len() - 1] += (*n).min(max_counts.get(g).copied().unwrap_or(0));
         }
+        stats
     }
-    let mut scores = [0.0; 4];
-    let mut product = 1.0;
-    for k in 0..4 {
-        product *= (correct[k] as f64 + TINY) / (guess[k] as f64 + SMALL);
-        scores[k] = product.powf(1.0 / (k as f64 + 1.0));
-    }
-    let ratio = (test_len as f64 + TINY) / (ref_len as f64 + SMALL);
-    if ratio < 1.0 {
-        for s in &mut scores {
-            *s *= (1.0 - 1.0 / ratio).exp();
+
+    fn add(&mut self, other: &BleuStats) {
+        for k in 0..4 {
+            self.correct[k] += other.correct[k];
+            self.guess[k] += other.guess[k];
         }
+        self.test_len += other.test_len;
+        self.ref_len += other.ref_len;
     }
-    Ok(scores)
+
+    /// Cumulative BLEU-1..4 with pycocoevalcap's smoothing constants and brevity penalty.
+    fn scores(&self) -> [f64; 4] {
+        const TINY: f64 = 1e-15;
+        const SMALL: f64 = 1e-9;
+        let mut scores = [0.0; 4];
+        let mut product = 1.0;
+        for k in 0..4 {
+            product *= (self.correct[k] as f64 + TINY) / (self.guess[k] as f64 + SMALL);
+            scores[k] = product.powf(1.0 / (k as f64 + 1.0));
+        }
+        let ratio = (self.test_len as f64 + TINY) / (self.ref_len as f64 + SMALL);
+        if ratio < 1.0 {
+            for s in &mut scores {
+                *s *= (1.0 - 1.0 / ratio).exp();
+            }
+        }
+        scores
+    }
+}
+
+/// Corpus BLEU-1..4 as `Bleu(4).compute_score` (option `closest`): clipped n-gram matches and
+/// lengths summed over questions, cumulative geometric means, brevity penalty `exp(1 − r/c)`.
+pub fn bleu(candidates: &[String], references: &[Vec<String>]) -> Result<[f64; 4], CaptionError> {
+    check(candidates, references)?;
+    let mut total = BleuStats::default();
+    for (cand, refs) in candidates.iter().zip(references) {
+        total.add(&BleuStats::of(cand, refs));
+    }
+    Ok(total.scores())
+}
+
+/// Per-question BLEU-1..4, the second list `Bleu(4).compute_score` returns: each question's own
+/// statistics with the same smoothing and brevity penalty.
+pub fn bleu_per_item(
+    candidates: &[String],
+    references: &[Vec<String>],
+) -> Result<Vec<[f64; 4]>, CaptionError> {
+    check(candidates, references)?;
+    Ok(candidates
+        .iter()
+        .zip(references)
+        .map(|(cand, refs)| BleuStats::of(cand, refs).scores())
+        .collect())
 }
 
 /// ROUGE-L per question: LCS of the space-split tokens, precision and recall maximised over the
