@@ -126,6 +126,12 @@ impl Camera {
             self.pixel_of_camera_point(&b)?,
         ))
     }
+
+    /// [`Camera::segment`] rounded to whole pixels.
+    pub fn segment_px(&self, a: &[f64; 3], b: &[f64; 3]) -> Option<[(i32, i32); 2]> {
+        let round = |p: (f64, f64)| (p.0.round() as i32, p.1.round() as i32);
+        self.segment(a, b).map(|(p, q)| [round(p), round(q)])
+    }
 }
 
 /// What to draw in 3-D: boxes (8 corners, `roomplan::box_corners` order) and labelled points.
@@ -341,13 +347,8 @@ pub fn render(
                         if a & bit != 0 {
                             continue;
                         }
-                        if let Some((p, q)) = cam.segment(&corners[a], &corners[b]) {
-                            let p = (p.0.round() as i32, p.1.round() as i32);
-                            let q = (q.0.round() as i32, q.1.round() as i32);
-                            clip.draw(&PathElement::new(
-                                vec![p, q],
-                                rgb(BOX_COLOUR).stroke_width(2),
-                            ))?;
+                        if let Some(line) = cam.segment_px(&corners[a], &corners[b]) {
+                            clip.draw(&PathElement::new(line, rgb(BOX_COLOUR).stroke_width(2)))?;
                             drawn = true;
                         }
                     }
@@ -375,14 +376,9 @@ pub fn render(
             }
             if let Some((pos, heading)) = overlay.agent {
                 let tip: [f64; 3] = std::array::from_fn(|k| pos[k] + 0.5 * heading[k]);
-                if let Some((p, q)) = cam.segment(&pos, &tip) {
-                    let p = (p.0.round() as i32, p.1.round() as i32);
-                    let q = (q.0.round() as i32, q.1.round() as i32);
-                    clip.draw(&PathElement::new(
-                        vec![p, q],
-                        rgb(AGENT_COLOUR).stroke_width(3),
-                    ))?;
-                    clip.draw(&Circle::new(p, 6, rgb(AGENT_COLOUR).filled()))?;
+                if let Some(line) = cam.segment_px(&pos, &tip) {
+                    clip.draw(&PathElement::new(line, rgb(AGENT_COLOUR).stroke_width(3)))?;
+                    clip.draw(&Circle::new(line[0], 6, rgb(AGENT_COLOUR).filled()))?;
                 }
             }
             for (j, other) in scene.views.iter().enumerate() {
