@@ -2,7 +2,7 @@
 # The main job on the built-in default, end to end on CPU: synthetic scenes in the real raw
 # formats → prep-scanqa, prep-sqa3d, prep-arkit → verified shards → the tiny experiment's generated
 # models → `train tiny` → greedy predictions on the held-out split → `tools eval`, printed beside
-# the majority-answer baseline.
+# the majority-answer baseline, with charts and a report (`tools plot`).
 #   bash tools/demo.sh
 # Everything lands under data/ (raw/synth, shards/, models/tiny, runs/tiny-demo); the run directory
 # is replaced on each call. experiments/tiny.yaml pins the digests these deterministic steps give.
@@ -53,6 +53,7 @@ for d in scanqa sqa3d; do
   "$bin/tools" eval qa --dataset "$shards/$d" --predictions "$run/predictions/$d-val.jsonl" --split val \
     > "$run/scores/$d-val.json"
 done
+"$bin/tools" plot "$run" > /dev/null   # charts in $run/plots, $run/report.md
 python3 - "$run" <<'PY'
 import json, sys
 run = sys.argv[1]
@@ -60,5 +61,5 @@ print(f"\n{'dataset':8} {'samples':>7} {'EM@1 %':>7} {'majority %':>10}  majorit
 for d in ("scanqa", "sqa3d"):
     s = json.load(open(f"{run}/scores/{d}-val.summary.json"))
     print(f"{d:8} {s['samples']:7d} {s['metrics']['em1']:7.1f} {s['majority_em1']:10.1f}  {s['majority_answer']!r}")
-print(f"\nfull scores: {run}/scores/, metrics: {run}/metrics.jsonl")
+print(f"\nfull scores: {run}/scores/, metrics: {run}/metrics.jsonl, report: {run}/report.md")
 PY
