@@ -18,6 +18,7 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::model::frozen;
+use crate::model::kernels::{self, KeyMask};
 use crate::model::lora::LoraLayer;
 
 /// `rope_parameters` as written by transformers 5 (older configs have a top-level `rope_theta`).
@@ -216,10 +217,12 @@ impl RmsNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x.broadcast_div(&(mean_sq + self.eps)?.sqrt()?)?;
-        Ok(frozen::broadcast_mul(&normed, &self.weight)?)
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        Ok(if mode.fused {
+            kernels::rms_norm(x, &self.weight, self.eps)?
+        } else {
+            kernels::rms_norm_composite(x, &self.weight, self.eps)?
+        })
     }
 }
 
@@ -230,11 +233,14 @@ struct Projection {
     lora: Option<LoraLayer>,
 }
 
-/// How projections run: the sparing op (default) or candle's plain matmul (for benchmarks).
+/// How a pass runs: projections through the sparing op (default) or candle's plain matmul, and
+/// attention/RMSNorm through the fused kernels (default; CPU f32 only, composite elsewhere) or the
+/// composite ops (both switches for benchmarks and comparisons).
 #[derive(Debug, Clone, Copy)]
 struct Mode {
     train: bool,
     sparing: bool,
+    fused: bool,
 }
 
 impl Projection {
@@ -291,11 +297,28 @@ struct Attention {
     head_dim: usize,
 }
 
-/// What every layer of one forward pass shares: RoPE tables, attention bias, mode.
+/// What every layer of one forward pass shares: RoPE tables, attention mask (and its additive
+/// bias for the composite path), mode.
 struct Pass {
     rope: Rope,
-    bias: Tensor,
+    mask: KeyMask,
+    bias: Option<Tensor>,
     mode: Mode,
+}
+
+impl Pass {
+    fn new(rope: Rope, mask: KeyMask, mode: Mode, device: &Device) -> Result<Self> {
+        // The composite path (chosen, or the fused kernels' fallback off the CPU) takes the mask as
+        // a [B, 1, T_q, T_k] bias, built once per pass and only when it is used.
+        let composite = !mode.fused || !device.is_cpu();
+        let bias = composite.then(|| mask.bias(device)).transpose()?;
+        Ok(Self {
+            rope,
+            mask,
+            bias,
+            mode,
+        })
+    }
 }
 
 /// Keys and values of the positions seen so far, per layer: `[B, H_kv, T_past, D]`.
@@ -331,11 +354,11 @@ impl Attention {
         };
         let q = self
             .q_norm
-            .forward(&heads(&self.q_proj, self.num_heads)?)?
+            .forward(&heads(&self.q_proj, self.num_heads)?, mode)?
             .transpose(1, 2)?;
         let k = self
             .k_norm
-            .forward(&heads(&self.k_proj, self.num_kv_heads)?)?
+            .forward(&heads(&self.k_proj, self.num_kv_heads)?, mode)?
             .transpose(1, 2)?;
         let v = heads(&self.v_proj, self.num_kv_heads)?
             .transpose(1, 2)?
@@ -350,30 +373,13 @@ impl Attention {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let k = repeat_kv(&k, self.num_heads / self.num_kv_heads)?;
-        let v = repeat_kv(&v, self.num_heads / self.num_kv_heads)?;
-        let scores = (frozen::matmul(&q, &k.t()?)? * (d as f64).powf(-0.5))?;
-        let scores = frozen::broadcast_add(&scores, &pass.bias)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let out = frozen::matmul(&probs, &v)?;
-        let out = out
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, t, self.num_heads * d))?;
+        let scale = (d as f64).powf(-0.5);
+        let out = match &pass.bias {
+            None => kernels::attention(&q, &k, &v, &pass.mask, scale)?,
+            Some(bias) => kernels::attention_composite(&q, &k, &v, bias, scale)?,
+        };
         self.o_proj.forward(&out, mode)
     }
-}
-
-/// GQA: query head j reads KV head ⌊j / n_rep⌋.
-fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x.contiguous()?);
-    }
-    let (b, h, t, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .broadcast_as((b, h, n_rep, t, d))?
-        .contiguous()?
-        .reshape((b, h * n_rep, t, d))?)
 }
 
 #[derive(Debug, Clone)]
@@ -436,11 +442,11 @@ impl DecoderLayer {
         let mode = pass.mode;
         let attn = self
             .self_attn
-            .forward(&self.input_layernorm.forward(x)?, pass, cache)?;
+            .forward(&self.input_layernorm.forward(x, mode)?, pass, cache)?;
         let h = frozen::broadcast_add(x, &attn)?;
         let mlp = self
             .mlp
-            .forward(&self.post_attention_layernorm.forward(&h)?, mode)?;
+            .forward(&self.post_attention_layernorm.forward(&h, mode)?, mode)?;
         Ok(frozen::broadcast_add(&h, &mlp)?)
     }
 
@@ -488,6 +494,7 @@ pub struct Qwen3 {
     lm_head: Tensor,
     inv_freq: Vec<f32>,
     sparing: bool,
+    fused: bool,
     device: Device,
 }
 
@@ -525,6 +532,7 @@ impl Qwen3 {
             lm_head,
             inv_freq,
             sparing: true,
+            fused: true,
             device: vb.device().clone(),
         })
     }
@@ -560,6 +568,13 @@ impl Qwen3 {
     /// also computes every frozen weight's gradient.
     pub fn set_sparing_grads(&mut self, on: bool) {
         self.sparing = on;
+    }
+
+    /// Benchmark/comparison switch: `false` runs attention and RMSNorm as composite candle ops (every
+    /// `[B, H, T, T]` intermediate materialised and kept for the backward) instead of the fused
+    /// kernels of [`crate::model::kernels`]. Off the CPU the composite ops run either way.
+    pub fn set_fused_kernels(&mut self, on: bool) {
+        self.fused = on;
     }
 
     /// Token embeddings `[B, T, hidden]` in f32.
@@ -698,14 +713,12 @@ impl Qwen3 {
             .iter()
             .map(|row| positions_from_mask(row, 0))
             .collect();
-        let pass = Pass {
-            rope: self.rope(&positions)?,
-            bias: self.attention_bias(t, &valid, 0)?,
-            mode: Mode {
-                train: opts.train,
-                sparing: self.sparing,
-            },
-        };
+        let pass = Pass::new(
+            self.rope(&positions)?,
+            KeyMask::new(valid, 0)?,
+            self.mode(opts.train),
+            &self.device,
+        )?;
         let mut hidden_states = Vec::new();
         let mut x = x;
         for layer in &self.layers {
@@ -714,7 +727,7 @@ impl Qwen3 {
             }
             x = layer.forward(&x, &pass, None)?;
         }
-        let x = self.norm.forward(&x)?;
+        let x = self.norm.forward(&x, self.mode(opts.train))?;
         if opts.output_hidden_states {
             hidden_states.push(x.clone());
         }
@@ -788,19 +801,17 @@ impl Qwen3 {
             positions.push(pos);
             cache.key_valid[row].extend_from_slice(new);
         }
-        let pass = Pass {
-            rope: self.rope(&positions)?,
-            bias: self.attention_bias(t, &cache.key_valid, past)?,
-            mode: Mode {
-                train: false,
-                sparing: self.sparing,
-            },
-        };
+        let pass = Pass::new(
+            self.rope(&positions)?,
+            KeyMask::new(cache.key_valid.clone(), past)?,
+            self.mode(false),
+            &self.device,
+        )?;
         let mut x = x;
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&x, &pass, Some(slot))?;
         }
-        self.lm_head(&self.norm.forward(&x)?)
+        self.lm_head(&self.norm.forward(&x, self.mode(false))?)
     }
 
     /// Greedy decoding of one sequence with the KV cache: the prompt (ids or embeddings `[1, T, ·]`)
@@ -851,23 +862,12 @@ impl Qwen3 {
         })
     }
 
-    /// Additive attention bias `[B, 1, T_q, T_k]`: query i (at index `offset + i` among the keys)
-    /// sees key j when j ≤ offset + i and key j is a real token. A padding query always sees itself,
-    /// so no row is entirely masked (its output is unused but stays finite).
-    fn attention_bias(&self, tq: usize, key_valid: &[Vec<bool>], offset: usize) -> Result<Tensor> {
-        let b = key_valid.len();
-        let tk = key_valid.first().map_or(0, Vec::len);
-        let mut bias = Vec::with_capacity(b * tq * tk);
-        for keys in key_valid {
-            for i in 0..tq {
-                let qi = offset + i;
-                for (j, &valid) in keys.iter().enumerate() {
-                    let visible = (j <= qi && valid) || j == qi;
-                    bias.push(if visible { 0f32 } else { f32::NEG_INFINITY });
-                }
-            }
+    fn mode(&self, train: bool) -> Mode {
+        Mode {
+            train,
+            sparing: self.sparing,
+            fused: self.fused,
         }
-        Ok(Tensor::from_vec(bias, (b, 1, tq, tk), &self.device)?)
     }
 
     /// Attaches a LoRA adapter to the projection at `path` (e.g. `model.layers.0.self_attn.q_proj`).
