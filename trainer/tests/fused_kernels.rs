@@ -96,6 +96,8 @@ fn attention_matches_composite_with_causal_and_padding_masks() {
     check_attention(3, 3, 9, 9, 20, 20);
     // GQA 4:1, head size 5 (remainder only).
     check_attention(4, 1, 6, 6, 5, 30);
+    // Several query blocks of the kernel (64 rows each) and a partial last one.
+    check_attention(2, 1, 150, 150, 16, 35);
 }
 
 #[test]
@@ -104,6 +106,8 @@ fn attention_matches_composite_after_a_cache_offset() {
     // forward_cached runs them; and a single decoding step.
     check_attention(4, 2, 3, 10, 16, 40);
     check_attention(2, 1, 1, 9, 12, 50);
+    // Seventy new queries (two blocks) after thirty cached keys.
+    check_attention(2, 2, 70, 100, 8, 60);
 }
 
 #[test]

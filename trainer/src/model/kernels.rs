@@ -240,31 +240,112 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// A strided f32 matrix view for [`mm`]: element (r, c) at `data[r·rs + c·cs]`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    fn rows(data: &'a [f32], rs: usize) -> Self {
+        Self { data, rs, cs: 1 }
+    }
+
+    /// The transpose of a row-major matrix with row stride `rs`.
+    fn transposed(data: &'a [f32], rs: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: rs,
+        }
+    }
+
+    fn check(&self, rows: usize, cols: usize) {
+        if rows > 0 && cols > 0 {
+            assert!((rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len());
+        }
+    }
+}
+
+/// `dst[m×n] (row stride dst_rs) = a[m×k] · b[k×n]`, or `+=` with `accumulate`: the gemm crate's
+/// kernel (the one candle's matmul runs), single-threaded: callers parallelise over heads.
+fn mm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!((m - 1) * dst_rs + n <= dst.len());
+    a.check(m, k);
+    b.check(k, n);
+    // SAFETY: every index the kernel touches is inside the slices (checked above), `dst` is borrowed
+    // mutably and cannot alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// Query rows per block: the scores of one block, `[QUERY_BLOCK, T_k]`, are the only
+/// quadratic-in-T scratch, so memory stays linear in T.
+const QUERY_BLOCK: usize = 64;
+
 impl FusedAttention {
-    /// Probabilities of query `i` (row `b`) over keys `0..=min(offset+i, T_k−1)` into `p`
-    /// (masked keys get exactly 0), from the query row and the head's keys.
-    fn probs(&self, b: usize, i: usize, qrow: &[f32], keys: &[f32], p: &mut Vec<f32>) {
-        let d = self.dims.d;
-        let last = (self.mask.offset + i).min(self.dims.tk - 1);
-        p.clear();
-        let mut max = f32::NEG_INFINITY;
-        for j in 0..=last {
-            let s = if self.mask.visible(b, i, j) {
-                dot(qrow, &keys[j * d..(j + 1) * d]) * self.scale
-            } else {
-                f32::NEG_INFINITY
-            };
-            max = max.max(s);
-            p.push(s);
-        }
-        let mut sum = 0f32;
-        for s in p.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        for s in p.iter_mut() {
-            *s *= inv;
+    /// Keys that queries `i0..i0+bq` can see at all (causality): `0..n`.
+    fn keys_for(&self, i0: usize, bq: usize) -> usize {
+        (self.mask.offset + i0 + bq).min(self.dims.tk)
+    }
+
+    /// Probabilities of queries `i0..i0+bq` (row `b`) over keys `0..nk` into `p` `[bq, nk]`:
+    /// scores by gemm, then the mask (masked keys get exactly 0) and a row softmax.
+    fn probs(&self, b: usize, i0: usize, q: Mat, keys: &[f32], nk: usize, p: &mut [f32]) {
+        let (bq, d) = (p.len() / nk, self.dims.d);
+        mm((bq, nk, d), p, nk, false, q, Mat::transposed(keys, d));
+        for (r, row) in p.chunks_exact_mut(nk).enumerate() {
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in row.iter_mut().enumerate() {
+                *s = if self.mask.visible(b, i0 + r, j) {
+                    *s * self.scale
+                } else {
+                    f32::NEG_INFINITY
+                };
+                max = max.max(*s);
+            }
+            let mut sum = 0f32;
+            for s in row.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            for s in row.iter_mut() {
+                *s *= inv;
+            }
         }
     }
 }
@@ -297,34 +378,40 @@ impl CustomOp3 for FusedAttention {
             cpu_slice(s3, l3, "attention v")?,
         );
         let n_rep = hq / hkv;
-        // One task per (row, query head): its output rows, [T_q, D].
-        let heads: Vec<Vec<f32>> = (0..b * hq)
+        let mut out = vec![0f32; b * tq * hq * d];
+        // One task per (row, query head); it writes that head's slots of the [B, T_q, H_q, D]
+        // output, which no other task touches.
+        let heads: Vec<(usize, Vec<f32>)> = (0..b * hq)
             .into_par_iter()
             .map(|bh| {
                 let (bi, h) = (bh / hq, bh % hq);
                 let kv = (bi * hkv + h / n_rep) * tk * d;
                 let (keys, values) = (&k[kv..kv + tk * d], &v[kv..kv + tk * d]);
-                let mut out = vec![0f32; tq * d];
-                let mut p = Vec::with_capacity(tk);
-                for i in 0..tq {
-                    let qrow = &q[(bh * tq + i) * d..(bh * tq + i + 1) * d];
-                    self.probs(bi, i, qrow, keys, &mut p);
-                    let orow = &mut out[i * d..(i + 1) * d];
-                    for (j, &pj) in p.iter().enumerate() {
-                        if pj != 0.0 {
-                            axpy(orow, pj, &values[j * d..(j + 1) * d]);
-                        }
-                    }
+                let qh = &q[bh * tq * d..(bh + 1) * tq * d];
+                let mut o = vec![0f32; tq * d];
+                let mut p = vec![0f32; QUERY_BLOCK * tk];
+                for i0 in (0..tq).step_by(QUERY_BLOCK) {
+                    let bq = QUERY_BLOCK.min(tq - i0);
+                    let nk = self.keys_for(i0, bq);
+                    let p = &mut p[..bq * nk];
+                    self.probs(bi, i0, Mat::rows(&qh[i0 * d..], d), keys, nk, p);
+                    mm(
+                        (bq, d, nk),
+                        &mut o[i0 * d..],
+                        d,
+                        false,
+                        Mat::rows(p, nk),
+                        Mat::rows(values, d),
+                    );
                 }
-                out
+                (bh, o)
             })
             .collect();
-        let mut out = vec![0f32; b * tq * hq * d];
-        for (bh, head) in heads.iter().enumerate() {
+        for (bh, o) in heads {
             let (bi, h) = (bh / hq, bh % hq);
             for i in 0..tq {
                 let dst = ((bi * tq + i) * hq + h) * d;
-                out[dst..dst + d].copy_from_slice(&head[i * d..(i + 1) * d]);
+                out[dst..dst + d].copy_from_slice(&o[i * d..(i + 1) * d]);
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((b, tq, hq * d))))
@@ -357,8 +444,8 @@ impl CustomOp3 for FusedAttention {
             tensor_vec(v)?,
             tensor_vec(grad)?,
         );
-        let scale = self.scale;
         // One task per (row, KV head): it owns dK and dV of that head and dQ of its query heads.
+        // Scores and probabilities are recomputed block by block, as in the forward.
         let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..b * hkv)
             .into_par_iter()
             .map(|bg| {
@@ -368,37 +455,53 @@ impl CustomOp3 for FusedAttention {
                 let mut dq = vec![0f32; n_rep * tq * d];
                 let mut dk = vec![0f32; tk * d];
                 let mut dv = vec![0f32; tk * d];
-                let mut p = Vec::with_capacity(tk);
-                let mut dp = Vec::with_capacity(tk);
+                let mut p = vec![0f32; QUERY_BLOCK * tk];
+                let mut ds = vec![0f32; QUERY_BLOCK * tk];
                 for r in 0..n_rep {
                     let h = gi * n_rep + r;
-                    let bh = bi * hq + h;
-                    for i in 0..tq {
-                        let qrow = &qv[(bh * tq + i) * d..(bh * tq + i + 1) * d];
-                        let go = ((bi * tq + i) * hq + h) * d;
-                        let grow = &g[go..go + d];
-                        self.probs(bi, i, qrow, keys, &mut p);
-                        dp.clear();
-                        let mut delta = 0f32;
-                        for (j, &pj) in p.iter().enumerate() {
-                            let x = if pj != 0.0 {
-                                dot(grow, &values[j * d..(j + 1) * d])
-                            } else {
-                                0.0
-                            };
-                            delta += pj * x;
-                            dp.push(x);
-                        }
-                        let dqrow = &mut dq[(r * tq + i) * d..(r * tq + i + 1) * d];
-                        for (j, (&pj, &dpj)) in p.iter().zip(&dp).enumerate() {
-                            if pj == 0.0 {
-                                continue;
+                    let qh = &qv[(bi * hq + h) * tq * d..(bi * hq + h + 1) * tq * d];
+                    for i0 in (0..tq).step_by(QUERY_BLOCK) {
+                        let bq = QUERY_BLOCK.min(tq - i0);
+                        let nk = self.keys_for(i0, bq);
+                        let (p, ds) = (&mut p[..bq * nk], &mut ds[..bq * nk]);
+                        let q_blk = Mat::rows(&qh[i0 * d..], d);
+                        // dO of these queries: rows of the [B, T_q, H_q, D] gradient.
+                        let go = ((bi * tq + i0) * hq + h) * d;
+                        let g_blk = Mat::rows(&g[go..], hq * d);
+                        self.probs(bi, i0, q_blk, keys, nk, p);
+                        // dP = dO Vᵀ, then dS = P ⊙ (dP − Σ_j P dP) · scale.
+                        mm(
+                            (bq, nk, d),
+                            ds,
+                            nk,
+                            false,
+                            g_blk,
+                            Mat::transposed(values, d),
+                        );
+                        for (prow, srow) in p.chunks_exact(nk).zip(ds.chunks_exact_mut(nk)) {
+                            let delta: f32 = prow.iter().zip(srow.iter()).map(|(a, b)| a * b).sum();
+                            for (s, &pj) in srow.iter_mut().zip(prow) {
+                                *s = pj * (*s - delta) * self.scale;
                             }
-                            let ds = pj * (dpj - delta) * scale;
-                            axpy(dqrow, ds, &keys[j * d..(j + 1) * d]);
-                            axpy(&mut dk[j * d..(j + 1) * d], ds, qrow);
-                            axpy(&mut dv[j * d..(j + 1) * d], pj, grow);
                         }
+                        let dq_blk = &mut dq[(r * tq + i0) * d..];
+                        mm(
+                            (bq, d, nk),
+                            dq_blk,
+                            d,
+                            false,
+                            Mat::rows(ds, nk),
+                            Mat::rows(keys, d),
+                        );
+                        mm(
+                            (nk, d, bq),
+                            &mut dk,
+                            d,
+                            true,
+                            Mat::transposed(ds, nk),
+                            q_blk,
+                        );
+                        mm((nk, d, bq), &mut dv, d, true, Mat::transposed(p, nk), g_blk);
                     }
                 }
                 (dq, dk, dv)
