@@ -88,8 +88,13 @@ fn random_weights(
 
 /// Peak resident memory of this process (Linux VmHWM), MiB.
 fn peak_rss_mib() -> Option<f64> {
+    status_mib("VmHWM:")
+}
+
+/// A memory line of /proc/self/status (VmHWM, VmRSS), MiB.
+fn status_mib(key: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
@@ -152,6 +157,8 @@ fn main() -> Result<()> {
         .collect();
     let labels = Tensor::from_vec(labels, (batch, seq), &Device::Cpu)?;
 
+    // Weights, adapters and inputs are in place: the step's own memory is what comes above this.
+    let rss_before = status_mib("VmRSS:").unwrap_or(f64::NAN);
     let mut times = Vec::new();
     let mut backward_times = Vec::new();
     for step in 0..steps + warmup {
@@ -178,7 +185,7 @@ fn main() -> Result<()> {
     backward_times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!(
-        "mode {}{}: {} layers, batch {batch}x{seq}, median step {:.3} s over {steps} steps (min {:.3}, max {:.3}; backward median {:.3}, min {:.3}), peak RSS {:.0} MiB, threads {}",
+        "mode {}{}: {} layers, batch {batch}x{seq}, median step {:.3} s over {steps} steps (min {:.3}, max {:.3}; backward median {:.3}, min {:.3}), peak RSS {:.0} MiB ({:.0} before the first step), threads {}",
         if plain { "plain-matmul" } else { "sparing" },
         if composite { ", composite" } else { ", fused" },
         cfg.num_hidden_layers,
@@ -188,6 +195,7 @@ fn main() -> Result<()> {
         backward_times[backward_times.len() / 2],
         backward_times[0],
         peak_rss_mib().unwrap_or(f64::NAN),
+        rss_before,
         candle_core::utils::get_num_threads()
     );
     Ok(())
