@@ -1,7 +1,8 @@
 //! Train-step benchmark of Qwen3 + LoRA (forward + backward + AdamW step) on a small random
 //! configuration, with frozen projections through the sparing op (default) or candle's plain
 //! matmul (`--plain`), which also computes every frozen weight's gradient; attention and RMSNorm
-//! through the fused kernels (default) or the composite candle ops (`--composite`).
+//! through the fused kernels (default) or the composite candle ops (`--composite`); with
+//! `--checkpointing`, activation checkpointing per decoder layer.
 //!
 //! Run by hand, one mode per process so that peak memory (VmHWM) is per mode:
 //!   cargo run --release -p roomplan-trainer --example qwen3_lora_bench -- [--plain] [--composite] [--steps N]
@@ -121,6 +122,8 @@ fn main() -> Result<()> {
     )?;
     model.set_sparing_grads(!plain);
     model.set_fused_kernels(!composite);
+    let checkpointing = args.iter().any(|a| a == "--checkpointing");
+    model.set_gradient_checkpointing(checkpointing);
     let lora = Lora::init(
         LoraConfig {
             r: rank,
@@ -185,9 +188,10 @@ fn main() -> Result<()> {
     backward_times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!(
-        "mode {}{}: {} layers, batch {batch}x{seq}, median step {:.3} s over {steps} steps (min {:.3}, max {:.3}; backward median {:.3}, min {:.3}), peak RSS {:.0} MiB ({:.0} before the first step), threads {}",
+        "mode {}{}{}: {} layers, batch {batch}x{seq}, median step {:.3} s over {steps} steps (min {:.3}, max {:.3}; backward median {:.3}, min {:.3}), peak RSS {:.0} MiB ({:.0} before the first step), threads {}",
         if plain { "plain-matmul" } else { "sparing" },
         if composite { ", composite" } else { ", fused" },
+        if checkpointing { ", checkpointing" } else { "" },
         cfg.num_hidden_layers,
         median,
         times[0],

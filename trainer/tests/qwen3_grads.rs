@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use candle_core::{backprop::GradStore, DType, Device, Tensor, TensorId, Var};
 use roomplan_trainer::model::lora::{Lora, LoraConfig};
-use roomplan_trainer::parity::shared_dir;
 use roomplan_trainer::model::qwen3::{Input, Qwen3};
+use roomplan_trainer::parity::shared_dir;
 
 fn fixture() -> PathBuf {
     shared_dir().join("parity").join("qwen3")
@@ -150,4 +150,99 @@ fn plain_matmul_mode_stores_frozen_weight_gradients() {
         "only {} entries",
         grads.get_ids().count()
     );
+}
+
+/// Loss and gradients (every adapter tensor and the injected embeddings) of a padded batch, with
+/// or without gradient checkpointing.
+fn padded_batch_grads(checkpointing: bool, dropout: f64) -> anyhow::Result<(f32, Vec<Tensor>)> {
+    let mut m = model(DType::F32);
+    m.set_gradient_checkpointing(checkpointing);
+    let cfg = LoraConfig {
+        r: 2,
+        lora_alpha: 4.0,
+        lora_dropout: dropout,
+        target_modules: vec![
+            "q_proj".into(),
+            "v_proj".into(),
+            "gate_proj".into(),
+            "down_proj".into(),
+        ],
+        ..LoraConfig::default()
+    };
+    let lora = Lora::init(cfg, m.config(), &Device::Cpu, 5).unwrap();
+    for (i, (_, v)) in lora.vars().into_iter().enumerate() {
+        if v.dims2().unwrap().1 == 2 {
+            let vals: Vec<f32> = (0..v.elem_count())
+                .map(|k| ((k * 7 + i) % 11) as f32 * 0.003 - 0.015)
+                .collect();
+            v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+    lora.attach(&mut m).unwrap();
+    let inp = inputs();
+    let injected = Var::from_tensor(&inp["embeds.injected"]).unwrap();
+    let ids = Tensor::cat(
+        &[
+            &inp["embeds.prefix_ids"],
+            &Tensor::zeros((1, 4), DType::I64, &Device::Cpu).unwrap(),
+            &inp["embeds.suffix_ids"],
+        ],
+        1,
+    )
+    .unwrap();
+    let embeds = m
+        .embed_with_slots(&ids, &[vec![3, 4, 5, 6]], injected.as_tensor())
+        .unwrap();
+    let embeds = Tensor::cat(&[&embeds, &embeds], 0).unwrap();
+    let mask = Tensor::new(
+        &[[1u8; 11], [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let labels = Tensor::new(
+        &[[-100i64, -100, -100, -100, -100, -100, -100, 5, 6, 7, 8]; 2],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let loss = m.loss(Input::Embeds(&embeds), Some(&mask), &labels, true)?;
+    let grads = loss.backward().unwrap();
+    let mut vars: Vec<Var> = lora.vars().into_iter().map(|(_, v)| v).collect();
+    vars.push(injected);
+    assert_only(&grads, &vars);
+    let g = vars
+        .iter()
+        .map(|v| grads.get(v.as_tensor()).unwrap().clone())
+        .collect();
+    Ok((loss.to_scalar::<f32>().unwrap(), g))
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_same_loss_and_gradients() {
+    let (loss, plain) = padded_batch_grads(false, 0.0).unwrap();
+    let (loss_ckpt, ckpt) = padded_batch_grads(true, 0.0).unwrap();
+    assert_eq!(loss, loss_ckpt);
+    assert_eq!(plain.len(), 4 * 2 * 2 + 1);
+    for (i, (a, b)) in plain.iter().zip(&ckpt).enumerate() {
+        let norm: f32 = a.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(norm > 0.0, "gradient {i} is zero");
+        let diff: f32 = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(
+            diff <= 1e-7,
+            "gradient {i} differs by {diff} with checkpointing"
+        );
+    }
+}
+
+#[test]
+fn gradient_checkpointing_refuses_lora_dropout() {
+    let err = padded_batch_grads(true, 0.1).unwrap_err();
+    assert!(format!("{err:#}").contains("dropout"), "{err:#}");
 }

@@ -20,6 +20,9 @@ use serde::Deserialize;
 use crate::model::frozen;
 use crate::model::kernels::{self, KeyMask};
 use crate::model::lora::LoraLayer;
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CudaStorage, CustomOp3, Layout, MetalStorage, Shape, Var,
+};
 
 /// `rope_parameters` as written by transformers 5 (older configs have a top-level `rope_theta`).
 #[derive(Debug, Clone, Deserialize)]
@@ -267,6 +270,7 @@ impl Projection {
 }
 
 /// Rotary tables for a batch: `cos`/`sin` `[B or 1, 1, T, head_dim]` (rotate-half layout).
+#[derive(Clone)]
 struct Rope {
     cos: Tensor,
     sin: Tensor,
@@ -299,6 +303,7 @@ struct Attention {
 
 /// What every layer of one forward pass shares: RoPE tables, attention mask (and its additive
 /// bias for the composite path), mode.
+#[derive(Clone)]
 struct Pass {
     rope: Rope,
     mask: KeyMask,
@@ -450,6 +455,60 @@ impl DecoderLayer {
         Ok(frozen::broadcast_add(&h, &mlp)?)
     }
 
+    /// The layer's LoRA adapters, in a fixed order (attention then MLP projections).
+    fn loras_mut(&mut self) -> Vec<&mut LoraLayer> {
+        let Self { self_attn, mlp, .. } = self;
+        [
+            &mut self_attn.q_proj,
+            &mut self_attn.k_proj,
+            &mut self_attn.v_proj,
+            &mut self_attn.o_proj,
+            &mut mlp.gate_proj,
+            &mut mlp.up_proj,
+            &mut mlp.down_proj,
+        ]
+        .into_iter()
+        .filter_map(|p| p.lora.as_mut())
+        .collect()
+    }
+
+    /// [`DecoderLayer::forward`] with activation checkpointing: the forward keeps no graph inside
+    /// the layer (only its input, output and adapter weights); the backward runs the layer again
+    /// and backpropagates through it. LoRA dropout is refused (its masks would be drawn anew).
+    fn forward_checkpointed(&self, x: &Tensor, pass: &Pass) -> Result<Tensor> {
+        let mut layer = self.clone();
+        let loras = layer.loras_mut();
+        ensure!(
+            !pass.mode.train || loras.iter().all(|l| l.dropout == 0.0),
+            "gradient checkpointing with LoRA dropout > 0 is not supported (the recomputed layer \
+             would draw other dropout masks)"
+        );
+        let params: Vec<Tensor> = loras
+            .iter()
+            .flat_map(|l| [l.a.as_tensor().clone(), l.b.as_tensor().clone()])
+            .collect();
+        let tracked = x.track_op() || params.iter().any(Tensor::track_op);
+        // The graph built here dies with the detached result: nothing inside the layer is kept.
+        let y = self.forward(&x.detach(), pass, None)?.detach();
+        if !tracked {
+            return Ok(y);
+        }
+        let flat = if params.is_empty() {
+            Tensor::zeros(1, DType::F32, x.device())?
+        } else {
+            let flats = params
+                .iter()
+                .map(Tensor::flatten_all)
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&flats, 0)?
+        };
+        let op = Checkpoint {
+            layer: self.clone(),
+            pass: pass.clone(),
+        };
+        Ok(x.apply_op3(&flat, &y, op)?)
+    }
+
     fn projection_mut(&mut self, module: &str) -> Option<&mut Projection> {
         Some(match module {
             "q_proj" => &mut self.self_attn.q_proj,
@@ -461,6 +520,110 @@ impl DecoderLayer {
             "down_proj" => &mut self.mlp.down_proj,
             _ => return None,
         })
+    }
+}
+
+/// One checkpointed decoder layer as an op of (input, its adapter weights flattened and
+/// concatenated, the output computed without a graph): the forward hands out the output; the
+/// backward recomputes the layer from the input with fresh variables for the adapters and returns
+/// the input's and the adapters' gradients.
+struct Checkpoint {
+    layer: DecoderLayer,
+    pass: Pass,
+}
+
+impl Checkpoint {
+    fn output<S: BackendStorage>(s: &S, l: &Layout) -> candle_core::Result<(S, Shape)> {
+        match l.contiguous_offsets() {
+            // The output is a fresh tensor (the layer's last add), so its storage is exactly it.
+            Some((0, _)) => Ok((s.try_clone(l)?, l.shape().clone())),
+            _ => {
+                candle_core::bail!("checkpoint: the layer output is not a whole contiguous tensor")
+            }
+        }
+    }
+}
+
+impl CustomOp3 for Checkpoint {
+    fn name(&self) -> &'static str {
+        "checkpointed-decoder-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Self::output(s3, l3)
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        Self::output(s3, l3)
+    }
+
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+        s3: &MetalStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(MetalStorage, Shape)> {
+        Self::output(s3, l3)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        flat: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let err = |e: anyhow::Error| candle_core::Error::Msg(format!("checkpoint backward: {e:#}"));
+        let mut layer = self.layer.clone();
+        let mut vars = Vec::new();
+        for lora in layer.loras_mut() {
+            lora.a = Var::from_tensor(&lora.a.as_tensor().detach())?;
+            lora.b = Var::from_tensor(&lora.b.as_tensor().detach())?;
+            vars.push(lora.a.clone());
+            vars.push(lora.b.clone());
+        }
+        let xv = Var::from_tensor(&x.detach())?;
+        let y = layer
+            .forward(xv.as_tensor(), &self.pass, None)
+            .map_err(err)?;
+        let grads = (y * grad.detach())?.sum_all()?.backward()?;
+        let gx = match grads.get(xv.as_tensor()) {
+            Some(g) if x.track_op() => Some(g.clone()),
+            _ => None,
+        };
+        let gflat = if flat.track_op() {
+            let parts = vars
+                .iter()
+                .map(|v| match grads.get(v.as_tensor()) {
+                    Some(g) => g.flatten_all(),
+                    None => v.as_tensor().zeros_like()?.flatten_all(),
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Some(Tensor::cat(&parts, 0)?)
+        } else {
+            None
+        };
+        Ok((gx, gflat, None))
     }
 }
 
@@ -495,6 +658,7 @@ pub struct Qwen3 {
     inv_freq: Vec<f32>,
     sparing: bool,
     fused: bool,
+    checkpointing: bool,
     device: Device,
 }
 
@@ -533,6 +697,7 @@ impl Qwen3 {
             inv_freq,
             sparing: true,
             fused: true,
+            checkpointing: false,
             device: vb.device().clone(),
         })
     }
@@ -575,6 +740,14 @@ impl Qwen3 {
     /// kernels of [`crate::model::kernels`]. Off the CPU the composite ops run either way.
     pub fn set_fused_kernels(&mut self, on: bool) {
         self.fused = on;
+    }
+
+    /// Activation checkpointing per decoder layer (transformers' `gradient_checkpointing`) for
+    /// training forwards (`train: true`): each layer keeps only its input and output, and its
+    /// backward recomputes the layer. Same gradients, about one more forward of compute. Refused
+    /// with LoRA dropout > 0.
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
     }
 
     /// Token embeddings `[B, T, hidden]` in f32.
@@ -725,7 +898,11 @@ impl Qwen3 {
             if opts.output_hidden_states {
                 hidden_states.push(x.clone());
             }
-            x = layer.forward(&x, &pass, None)?;
+            x = if self.checkpointing && opts.train {
+                layer.forward_checkpointed(&x, &pass)?
+            } else {
+                layer.forward(&x, &pass, None)?
+            };
         }
         let x = self.norm.forward(&x, self.mode(opts.train))?;
         if opts.output_hidden_states {
