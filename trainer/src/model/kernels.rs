@@ -194,6 +194,13 @@ struct AttnDims {
     d: usize,
 }
 
+impl AttnDims {
+    /// (B, H_q, H_kv, T_q, T_k, D).
+    fn all(&self) -> (usize, usize, usize, usize, usize, usize) {
+        (self.b, self.hq, self.hkv, self.tq, self.tk, self.d)
+    }
+}
+
 struct FusedAttention {
     dims: AttnDims,
     mask: KeyMask,
@@ -364,14 +371,7 @@ impl CustomOp3 for FusedAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let AttnDims {
-            b,
-            hq,
-            hkv,
-            tq,
-            tk,
-            d,
-        } = self.dims;
+        let (b, hq, hkv, tq, tk, d) = self.dims.all();
         let (q, k, v) = (
             cpu_slice(s1, l1, "attention q")?,
             cpu_slice(s2, l2, "attention k")?,
@@ -429,14 +429,7 @@ impl CustomOp3 for FusedAttention {
         if !(want_q || want_k || want_v) {
             return Ok((None, None, None));
         }
-        let AttnDims {
-            b,
-            hq,
-            hkv,
-            tq,
-            tk,
-            d,
-        } = self.dims;
+        let (b, hq, hkv, tq, tk, d) = self.dims.all();
         let n_rep = hq / hkv;
         let (qv, kv, vv, g) = (
             tensor_vec(q)?,
