@@ -1,9 +1,15 @@
 //! Train-step benchmark of Qwen3 + LoRA (forward + backward + AdamW step) on a small random
 //! configuration, with frozen projections through the sparing op (default) or candle's plain
-//! matmul (`--plain`), which also computes every frozen weight's gradient.
+//! matmul (`--plain`), which also computes every frozen weight's gradient; attention and RMSNorm
+//! through the fused kernels (default) or the composite candle ops (`--composite`); with
+//! `--checkpointing`, activation checkpointing per decoder layer.
 //!
 //! Run by hand, one mode per process so that peak memory (VmHWM) is per mode:
-//!   cargo run --release -p roomplan-trainer --example qwen3_lora_bench -- [--plain] [--steps N]
+//!   cargo run --release -p roomplan-trainer --example qwen3_lora_bench -- [--plain] [--composite] [--steps N]
+//!
+//! Other shapes (e.g. one Qwen3-4B-shaped layer, for activation memory per layer):
+//!   `--config FILE.json --batch B --seq T --rank R --warmup N` (defaults: the architecture below,
+//!   4 × 256, r 8, 2 warm-up steps).
 //! tools/bench/bench_qwen3_lora.py runs the same architecture in PyTorch (transformers + peft).
 
 use std::collections::HashMap;
@@ -25,6 +31,20 @@ const CONFIG: &str = r#"{"vocab_size": 4096, "hidden_size": 256, "intermediate_s
   "tie_word_embeddings": true, "hidden_act": "silu"}"#;
 const BATCH: usize = 4;
 const SEQ: usize = 256;
+
+/// The value after flag `name`, parsed, or `default`.
+fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    match args.iter().position(|a| a == name) {
+        Some(i) => Ok(args
+            .get(i + 1)
+            .with_context(|| format!("{name} needs a value"))?
+            .parse()?),
+        None => Ok(default),
+    }
+}
 
 fn random_weights(
     cfg: &Config,
@@ -69,8 +89,13 @@ fn random_weights(
 
 /// Peak resident memory of this process (Linux VmHWM), MiB.
 fn peak_rss_mib() -> Option<f64> {
+    status_mib("VmHWM:")
+}
+
+/// A memory line of /proc/self/status (VmHWM, VmRSS), MiB.
+fn status_mib(key: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
@@ -78,11 +103,17 @@ fn peak_rss_mib() -> Option<f64> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let plain = args.iter().any(|a| a == "--plain");
-    let steps: usize = match args.iter().position(|a| a == "--steps") {
-        Some(i) => args.get(i + 1).context("--steps needs a number")?.parse()?,
-        None => 10,
+    let composite = args.iter().any(|a| a == "--composite");
+    let steps: usize = flag(&args, "--steps", 10)?;
+    let warmup: usize = flag(&args, "--warmup", 2)?;
+    let (batch, seq): (usize, usize) = (flag(&args, "--batch", BATCH)?, flag(&args, "--seq", SEQ)?);
+    let rank: usize = flag(&args, "--rank", 8)?;
+    let cfg: Config = match args.iter().position(|a| a == "--config") {
+        Some(i) => Config::from_file(std::path::Path::new(
+            args.get(i + 1).context("--config needs a file")?,
+        ))?,
+        None => serde_json::from_str(CONFIG)?,
     };
-    let cfg: Config = serde_json::from_str(CONFIG)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let weights = random_weights(&cfg, &mut rng)?;
     let mut model = Qwen3::new(
@@ -90,10 +121,13 @@ fn main() -> Result<()> {
         VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
     )?;
     model.set_sparing_grads(!plain);
+    model.set_fused_kernels(!composite);
+    let checkpointing = args.iter().any(|a| a == "--checkpointing");
+    model.set_gradient_checkpointing(checkpointing);
     let lora = Lora::init(
         LoraConfig {
-            r: 8,
-            lora_alpha: 16.0,
+            r: rank,
+            lora_alpha: 2.0 * rank as f64,
             ..LoraConfig::default()
         },
         &cfg,
@@ -110,25 +144,27 @@ fn main() -> Result<()> {
         },
     )?;
 
-    let ids: Vec<u32> = (0..BATCH * SEQ)
+    let ids: Vec<u32> = (0..batch * seq)
         .map(|_| rng.random_range(0..cfg.vocab_size as u32))
         .collect();
-    let ids = Tensor::from_vec(ids, (BATCH, SEQ), &Device::Cpu)?;
+    let ids = Tensor::from_vec(ids, (batch, seq), &Device::Cpu)?;
     // Loss on the second half of every row, like answer tokens after a prompt.
-    let labels: Vec<i64> = (0..BATCH * SEQ)
+    let labels: Vec<i64> = (0..batch * seq)
         .map(|i| {
-            if i % SEQ < SEQ / 2 {
+            if i % seq < seq / 2 {
                 -100
             } else {
                 ((i * 7) % cfg.vocab_size) as i64
             }
         })
         .collect();
-    let labels = Tensor::from_vec(labels, (BATCH, SEQ), &Device::Cpu)?;
+    let labels = Tensor::from_vec(labels, (batch, seq), &Device::Cpu)?;
 
+    // Weights, adapters and inputs are in place: the step's own memory is what comes above this.
+    let rss_before = status_mib("VmRSS:").unwrap_or(f64::NAN);
     let mut times = Vec::new();
     let mut backward_times = Vec::new();
-    for step in 0..steps + 2 {
+    for step in 0..steps + warmup {
         let t0 = Instant::now();
         let loss = model.loss(Input::Ids(&ids), None, &labels, true)?;
         let t1 = Instant::now();
@@ -136,8 +172,8 @@ fn main() -> Result<()> {
         let backward = t1.elapsed().as_secs_f64();
         opt.step(&grads)?;
         let dt = t0.elapsed().as_secs_f64();
-        if step >= 2 {
-            // the first two steps warm allocators and caches
+        if step >= warmup {
+            // the first steps warm allocators and caches
             times.push(dt);
             backward_times.push(backward);
         }
@@ -152,14 +188,18 @@ fn main() -> Result<()> {
     backward_times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!(
-        "mode {}: batch {BATCH}x{SEQ}, median step {:.3} s over {steps} steps (min {:.3}, max {:.3}; backward median {:.3}, min {:.3}), peak RSS {:.0} MiB, threads {}",
+        "mode {}{}{}: {} layers, batch {batch}x{seq}, median step {:.3} s over {steps} steps (min {:.3}, max {:.3}; backward median {:.3}, min {:.3}), peak RSS {:.0} MiB ({:.0} before the first step), threads {}",
         if plain { "plain-matmul" } else { "sparing" },
+        if composite { ", composite" } else { ", fused" },
+        if checkpointing { ", checkpointing" } else { "" },
+        cfg.num_hidden_layers,
         median,
         times[0],
         times[times.len() - 1],
         backward_times[backward_times.len() / 2],
         backward_times[0],
         peak_rss_mib().unwrap_or(f64::NAN),
+        rss_before,
         candle_core::utils::get_num_threads()
     );
     Ok(())

@@ -1,6 +1,7 @@
 //! The networks: the frozen VGGT aggregator ([`vggt`], loaded by [`vggt_load`], fed by
 //! [`vggt_input`]), the trainable [`perceiver`] and [`geometry_head`], the frozen [`qwen3`] decoder
-//! with [`lora`] adapters (frozen weights without gradients through [`frozen`]), their fusion
+//! with [`lora`] adapters (frozen weights without gradients through [`frozen`]; fused attention and
+//! RMSNorm with a backward in [`kernels`]), their fusion
 //! ([`fused`]), the tokenizer and ChatML template ([`chat`]) and model files on disk or in the
 //! Hugging Face cache ([`hub`]).
 
@@ -10,6 +11,7 @@ pub mod fused;
 pub mod geometry_head;
 pub mod hub;
 pub mod init;
+pub mod kernels;
 pub mod lora;
 pub mod perceiver;
 pub mod qwen3;

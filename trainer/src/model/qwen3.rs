@@ -18,7 +18,11 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::model::frozen;
+use crate::model::kernels::{self, KeyMask};
 use crate::model::lora::LoraLayer;
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CudaStorage, CustomOp3, Layout, MetalStorage, Shape, Var,
+};
 
 /// `rope_parameters` as written by transformers 5 (older configs have a top-level `rope_theta`).
 #[derive(Debug, Clone, Deserialize)]
@@ -216,10 +220,12 @@ impl RmsNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x.broadcast_div(&(mean_sq + self.eps)?.sqrt()?)?;
-        Ok(frozen::broadcast_mul(&normed, &self.weight)?)
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        Ok(if mode.fused {
+            kernels::rms_norm(x, &self.weight, self.eps)?
+        } else {
+            kernels::rms_norm_composite(x, &self.weight, self.eps)?
+        })
     }
 }
 
@@ -230,11 +236,14 @@ struct Projection {
     lora: Option<LoraLayer>,
 }
 
-/// How projections run: the sparing op (default) or candle's plain matmul (for benchmarks).
+/// How a pass runs: projections through the sparing op (default) or candle's plain matmul, and
+/// attention/RMSNorm through the fused kernels (default; CPU f32 only, composite elsewhere) or the
+/// composite ops (both switches for benchmarks and comparisons).
 #[derive(Debug, Clone, Copy)]
 struct Mode {
     train: bool,
     sparing: bool,
+    fused: bool,
 }
 
 impl Projection {
@@ -261,6 +270,7 @@ impl Projection {
 }
 
 /// Rotary tables for a batch: `cos`/`sin` `[B or 1, 1, T, head_dim]` (rotate-half layout).
+#[derive(Clone)]
 struct Rope {
     cos: Tensor,
     sin: Tensor,
@@ -291,11 +301,29 @@ struct Attention {
     head_dim: usize,
 }
 
-/// What every layer of one forward pass shares: RoPE tables, attention bias, mode.
+/// What every layer of one forward pass shares: RoPE tables, attention mask (and its additive
+/// bias for the composite path), mode.
+#[derive(Clone)]
 struct Pass {
     rope: Rope,
-    bias: Tensor,
+    mask: KeyMask,
+    bias: Option<Tensor>,
     mode: Mode,
+}
+
+impl Pass {
+    fn new(rope: Rope, mask: KeyMask, mode: Mode, device: &Device) -> Result<Self> {
+        // The composite path (chosen, or the fused kernels' fallback off the CPU) takes the mask as
+        // a [B, 1, T_q, T_k] bias, built once per pass and only when it is used.
+        let composite = !mode.fused || !device.is_cpu();
+        let bias = composite.then(|| mask.bias(device)).transpose()?;
+        Ok(Self {
+            rope,
+            mask,
+            bias,
+            mode,
+        })
+    }
 }
 
 /// Keys and values of the positions seen so far, per layer: `[B, H_kv, T_past, D]`.
@@ -331,11 +359,11 @@ impl Attention {
         };
         let q = self
             .q_norm
-            .forward(&heads(&self.q_proj, self.num_heads)?)?
+            .forward(&heads(&self.q_proj, self.num_heads)?, mode)?
             .transpose(1, 2)?;
         let k = self
             .k_norm
-            .forward(&heads(&self.k_proj, self.num_kv_heads)?)?
+            .forward(&heads(&self.k_proj, self.num_kv_heads)?, mode)?
             .transpose(1, 2)?;
         let v = heads(&self.v_proj, self.num_kv_heads)?
             .transpose(1, 2)?
@@ -350,30 +378,13 @@ impl Attention {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let k = repeat_kv(&k, self.num_heads / self.num_kv_heads)?;
-        let v = repeat_kv(&v, self.num_heads / self.num_kv_heads)?;
-        let scores = (frozen::matmul(&q, &k.t()?)? * (d as f64).powf(-0.5))?;
-        let scores = frozen::broadcast_add(&scores, &pass.bias)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let out = frozen::matmul(&probs, &v)?;
-        let out = out
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, t, self.num_heads * d))?;
+        let scale = (d as f64).powf(-0.5);
+        let out = match &pass.bias {
+            None => kernels::attention(&q, &k, &v, &pass.mask, scale)?,
+            Some(bias) => kernels::attention_composite(&q, &k, &v, bias, scale)?,
+        };
         self.o_proj.forward(&out, mode)
     }
-}
-
-/// GQA: query head j reads KV head ⌊j / n_rep⌋.
-fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x.contiguous()?);
-    }
-    let (b, h, t, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .broadcast_as((b, h, n_rep, t, d))?
-        .contiguous()?
-        .reshape((b, h * n_rep, t, d))?)
 }
 
 #[derive(Debug, Clone)]
@@ -436,12 +447,66 @@ impl DecoderLayer {
         let mode = pass.mode;
         let attn = self
             .self_attn
-            .forward(&self.input_layernorm.forward(x)?, pass, cache)?;
+            .forward(&self.input_layernorm.forward(x, mode)?, pass, cache)?;
         let h = frozen::broadcast_add(x, &attn)?;
         let mlp = self
             .mlp
-            .forward(&self.post_attention_layernorm.forward(&h)?, mode)?;
+            .forward(&self.post_attention_layernorm.forward(&h, mode)?, mode)?;
         Ok(frozen::broadcast_add(&h, &mlp)?)
+    }
+
+    /// The layer's LoRA adapters, in a fixed order (attention then MLP projections).
+    fn loras_mut(&mut self) -> Vec<&mut LoraLayer> {
+        let Self { self_attn, mlp, .. } = self;
+        [
+            &mut self_attn.q_proj,
+            &mut self_attn.k_proj,
+            &mut self_attn.v_proj,
+            &mut self_attn.o_proj,
+            &mut mlp.gate_proj,
+            &mut mlp.up_proj,
+            &mut mlp.down_proj,
+        ]
+        .into_iter()
+        .filter_map(|p| p.lora.as_mut())
+        .collect()
+    }
+
+    /// [`DecoderLayer::forward`] with activation checkpointing: the forward keeps no graph inside
+    /// the layer (only its input, output and adapter weights); the backward runs the layer again
+    /// and backpropagates through it. LoRA dropout is refused (its masks would be drawn anew).
+    fn forward_checkpointed(&self, x: &Tensor, pass: &Pass) -> Result<Tensor> {
+        let mut layer = self.clone();
+        let loras = layer.loras_mut();
+        ensure!(
+            !pass.mode.train || loras.iter().all(|l| l.dropout == 0.0),
+            "gradient checkpointing with LoRA dropout > 0 is not supported (the recomputed layer \
+             would draw other dropout masks)"
+        );
+        let params: Vec<Tensor> = loras
+            .iter()
+            .flat_map(|l| [l.a.as_tensor().clone(), l.b.as_tensor().clone()])
+            .collect();
+        let tracked = x.track_op() || params.iter().any(Tensor::track_op);
+        // The graph built here dies with the detached result: nothing inside the layer is kept.
+        let y = self.forward(&x.detach(), pass, None)?.detach();
+        if !tracked {
+            return Ok(y);
+        }
+        let flat = if params.is_empty() {
+            Tensor::zeros(1, DType::F32, x.device())?
+        } else {
+            let flats = params
+                .iter()
+                .map(Tensor::flatten_all)
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&flats, 0)?
+        };
+        let op = Checkpoint {
+            layer: self.clone(),
+            pass: pass.clone(),
+        };
+        Ok(x.apply_op3(&flat, &y, op)?)
     }
 
     fn projection_mut(&mut self, module: &str) -> Option<&mut Projection> {
@@ -455,6 +520,110 @@ impl DecoderLayer {
             "down_proj" => &mut self.mlp.down_proj,
             _ => return None,
         })
+    }
+}
+
+/// One checkpointed decoder layer as an op of (input, its adapter weights flattened and
+/// concatenated, the output computed without a graph): the forward hands out the output; the
+/// backward recomputes the layer from the input with fresh variables for the adapters and returns
+/// the input's and the adapters' gradients.
+struct Checkpoint {
+    layer: DecoderLayer,
+    pass: Pass,
+}
+
+impl Checkpoint {
+    fn output<S: BackendStorage>(s: &S, l: &Layout) -> candle_core::Result<(S, Shape)> {
+        match l.contiguous_offsets() {
+            // The output is a fresh tensor (the layer's last add), so its storage is exactly it.
+            Some((0, _)) => Ok((s.try_clone(l)?, l.shape().clone())),
+            _ => {
+                candle_core::bail!("checkpoint: the layer output is not a whole contiguous tensor")
+            }
+        }
+    }
+}
+
+impl CustomOp3 for Checkpoint {
+    fn name(&self) -> &'static str {
+        "checkpointed-decoder-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Self::output(s3, l3)
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        Self::output(s3, l3)
+    }
+
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+        _: &MetalStorage,
+        _: &Layout,
+        s3: &MetalStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(MetalStorage, Shape)> {
+        Self::output(s3, l3)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        flat: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let err = |e: anyhow::Error| candle_core::Error::Msg(format!("checkpoint backward: {e:#}"));
+        let mut layer = self.layer.clone();
+        let mut vars = Vec::new();
+        for lora in layer.loras_mut() {
+            lora.a = Var::from_tensor(&lora.a.as_tensor().detach())?;
+            lora.b = Var::from_tensor(&lora.b.as_tensor().detach())?;
+            vars.push(lora.a.clone());
+            vars.push(lora.b.clone());
+        }
+        let xv = Var::from_tensor(&x.detach())?;
+        let y = layer
+            .forward(xv.as_tensor(), &self.pass, None)
+            .map_err(err)?;
+        let grads = (y * grad.detach())?.sum_all()?.backward()?;
+        let gx = match grads.get(xv.as_tensor()) {
+            Some(g) if x.track_op() => Some(g.clone()),
+            _ => None,
+        };
+        let gflat = if flat.track_op() {
+            let parts = vars
+                .iter()
+                .map(|v| match grads.get(v.as_tensor()) {
+                    Some(g) => g.flatten_all(),
+                    None => v.as_tensor().zeros_like()?.flatten_all(),
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Some(Tensor::cat(&parts, 0)?)
+        } else {
+            None
+        };
+        Ok((gx, gflat, None))
     }
 }
 
@@ -488,6 +657,8 @@ pub struct Qwen3 {
     lm_head: Tensor,
     inv_freq: Vec<f32>,
     sparing: bool,
+    fused: bool,
+    checkpointing: bool,
     device: Device,
 }
 
@@ -525,6 +696,8 @@ impl Qwen3 {
             lm_head,
             inv_freq,
             sparing: true,
+            fused: true,
+            checkpointing: false,
             device: vb.device().clone(),
         })
     }
@@ -560,6 +733,21 @@ impl Qwen3 {
     /// also computes every frozen weight's gradient.
     pub fn set_sparing_grads(&mut self, on: bool) {
         self.sparing = on;
+    }
+
+    /// Benchmark/comparison switch: `false` runs attention and RMSNorm as composite candle ops (every
+    /// `[B, H, T, T]` intermediate materialised and kept for the backward) instead of the fused
+    /// kernels of [`crate::model::kernels`]. Off the CPU the composite ops run either way.
+    pub fn set_fused_kernels(&mut self, on: bool) {
+        self.fused = on;
+    }
+
+    /// Activation checkpointing per decoder layer (transformers' `gradient_checkpointing`) for
+    /// training forwards (`train: true`): each layer keeps only its input and output, and its
+    /// backward recomputes the layer. Same gradients, about one more forward of compute. Refused
+    /// with LoRA dropout > 0.
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
     }
 
     /// Token embeddings `[B, T, hidden]` in f32.
@@ -698,23 +886,25 @@ impl Qwen3 {
             .iter()
             .map(|row| positions_from_mask(row, 0))
             .collect();
-        let pass = Pass {
-            rope: self.rope(&positions)?,
-            bias: self.attention_bias(t, &valid, 0)?,
-            mode: Mode {
-                train: opts.train,
-                sparing: self.sparing,
-            },
-        };
+        let pass = Pass::new(
+            self.rope(&positions)?,
+            KeyMask::new(valid, 0)?,
+            self.mode(opts.train),
+            &self.device,
+        )?;
         let mut hidden_states = Vec::new();
         let mut x = x;
         for layer in &self.layers {
             if opts.output_hidden_states {
                 hidden_states.push(x.clone());
             }
-            x = layer.forward(&x, &pass, None)?;
+            x = if self.checkpointing && opts.train {
+                layer.forward_checkpointed(&x, &pass)?
+            } else {
+                layer.forward(&x, &pass, None)?
+            };
         }
-        let x = self.norm.forward(&x)?;
+        let x = self.norm.forward(&x, self.mode(opts.train))?;
         if opts.output_hidden_states {
             hidden_states.push(x.clone());
         }
@@ -788,19 +978,17 @@ impl Qwen3 {
             positions.push(pos);
             cache.key_valid[row].extend_from_slice(new);
         }
-        let pass = Pass {
-            rope: self.rope(&positions)?,
-            bias: self.attention_bias(t, &cache.key_valid, past)?,
-            mode: Mode {
-                train: false,
-                sparing: self.sparing,
-            },
-        };
+        let pass = Pass::new(
+            self.rope(&positions)?,
+            KeyMask::new(cache.key_valid.clone(), past)?,
+            self.mode(false),
+            &self.device,
+        )?;
         let mut x = x;
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(&x, &pass, Some(slot))?;
         }
-        self.lm_head(&self.norm.forward(&x)?)
+        self.lm_head(&self.norm.forward(&x, self.mode(false))?)
     }
 
     /// Greedy decoding of one sequence with the KV cache: the prompt (ids or embeddings `[1, T, ·]`)
@@ -851,23 +1039,12 @@ impl Qwen3 {
         })
     }
 
-    /// Additive attention bias `[B, 1, T_q, T_k]`: query i (at index `offset + i` among the keys)
-    /// sees key j when j ≤ offset + i and key j is a real token. A padding query always sees itself,
-    /// so no row is entirely masked (its output is unused but stays finite).
-    fn attention_bias(&self, tq: usize, key_valid: &[Vec<bool>], offset: usize) -> Result<Tensor> {
-        let b = key_valid.len();
-        let tk = key_valid.first().map_or(0, Vec::len);
-        let mut bias = Vec::with_capacity(b * tq * tk);
-        for keys in key_valid {
-            for i in 0..tq {
-                let qi = offset + i;
-                for (j, &valid) in keys.iter().enumerate() {
-                    let visible = (j <= qi && valid) || j == qi;
-                    bias.push(if visible { 0f32 } else { f32::NEG_INFINITY });
-                }
-            }
+    fn mode(&self, train: bool) -> Mode {
+        Mode {
+            train,
+            sparing: self.sparing,
+            fused: self.fused,
         }
-        Ok(Tensor::from_vec(bias, (b, 1, tq, tk), &self.device)?)
     }
 
     /// Attaches a LoRA adapter to the projection at `path` (e.g. `model.layers.0.self_attn.q_proj`).

@@ -206,7 +206,8 @@ pub struct TrainSpec {
     pub checkpoint_every: u64,
     /// Complete checkpoints kept in the run directory (the newest ones).
     pub keep_checkpoints: usize,
-    /// Gradient checkpointing of decoder layers (transformers' name); not implemented yet.
+    /// Gradient checkpointing of decoder layers (transformers' name): each Qwen3 layer keeps only
+    /// its input and output and is recomputed in the backward. Needs `model.lora.dropout` 0.
     #[serde(default)]
     pub gradient_checkpointing: bool,
 }
@@ -404,8 +405,10 @@ impl Experiment {
         ensure!(t.checkpoint_every > 0, "train.checkpoint_every must be positive");
         ensure!(t.keep_checkpoints > 0, "train.keep_checkpoints must be positive");
         ensure!(
-            !t.gradient_checkpointing,
-            "train.gradient_checkpointing is not implemented yet"
+            !t.gradient_checkpointing || self.model.lora.dropout == 0.0,
+            "train.gradient_checkpointing needs model.lora.dropout 0 (a recomputed layer would draw \
+             other dropout masks), got {}",
+            self.model.lora.dropout
         );
         let s = &self.schedule;
         ensure!(
@@ -454,6 +457,18 @@ mod tests {
         assert!(err.contains("index 7 outside a list of 2"), "{err}");
         let err = apply_override(&mut doc, "a.b").unwrap_err().to_string();
         assert!(err.contains("expected key.path=value"), "{err}");
+    }
+
+    #[test]
+    fn gradient_checkpointing_is_accepted_without_lora_dropout_only() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments");
+        let mut exp = load(&dir.join("tiny.yaml"), &[]).unwrap().experiment;
+        exp.train.gradient_checkpointing = true;
+        exp.model.lora.dropout = 0.0;
+        exp.validate().unwrap();
+        exp.model.lora.dropout = 0.05;
+        let err = format!("{:#}", exp.validate().unwrap_err());
+        assert!(err.contains("train.gradient_checkpointing needs model.lora.dropout 0"), "{err}");
     }
 
     #[test]

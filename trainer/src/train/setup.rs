@@ -61,7 +61,8 @@ pub fn assemble(exp: &Experiment, device: &Device) -> Result<Assembled> {
         .map(|f| resolve_file(llm_spec, f))
         .collect::<Result<Vec<_>>>()
         .context("model.llm")?;
-    let llm = Qwen3::load(&config, &weights, dtype, device)?;
+    let mut llm = Qwen3::load(&config, &weights, dtype, device)?;
+    llm.set_gradient_checkpointing(exp.train.gradient_checkpointing);
     let tokenizer_path = resolve_file(llm_spec, "tokenizer.json").context("model.llm")?;
     let tokenizer = ChatTokenizer::from_file(&tokenizer_path)?;
     let vocab = tokenizer.tokenizer().get_vocab_size(true);

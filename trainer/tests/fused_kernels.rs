@@ -1,0 +1,242 @@
+//! The fused attention and RMSNorm kernels against the composite candle ops they replace: values
+//! and gradients (inputs and weight), with causal, padding and KV-cache-offset masks, GQA, and
+//! head sizes that are not multiples of the kernels' 8-lane loops. The whole Qwen3 + LoRA loss and
+//! its gradients with the kernels on and off: `qwen3_grads.rs`.
+
+use candle_core::{Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use roomplan_trainer::model::kernels::{self, KeyMask};
+use roomplan_trainer::parity::max_abs_diff;
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn var(shape: &[usize], seed: u64) -> Var {
+    Var::from_tensor(&random(shape, seed)).unwrap()
+}
+
+fn diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    max_abs_diff(a, b).unwrap()
+}
+
+fn abs_max(t: &Tensor) -> f32 {
+    t.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+}
+
+/// Masks of three rows: all real, left-padded by 4, right-padded by 3.
+fn padded_rows(tk: usize) -> Vec<Vec<bool>> {
+    vec![
+        vec![true; tk],
+        (0..tk).map(|j| j >= 4).collect(),
+        (0..tk).map(|j| j + 3 < tk).collect(),
+    ]
+}
+
+/// Runs fused and composite attention on the same variables, a weighted-sum loss on each, and
+/// compares outputs and the gradients of q, k and v.
+fn check_attention(hq: usize, hkv: usize, tq: usize, tk: usize, d: usize, seed: u64) {
+    let b = 3;
+    let mask = KeyMask::new(padded_rows(tk), tk - tq).unwrap();
+    // Scores of a few units, so the softmax is far from uniform.
+    let q = Var::from_tensor(&(random(&[b, hq, tq, d], seed) * 3.0).unwrap()).unwrap();
+    let k = var(&[b, hkv, tk, d], seed + 1);
+    let v = var(&[b, hkv, tk, d], seed + 2);
+    let weights = random(&[b, tq, hq * d], seed + 3);
+    let scale = (d as f64).powf(-0.5);
+    let run = |fused: bool| {
+        let out = if fused {
+            kernels::attention_fused(&q, &k, &v, &mask, scale).unwrap()
+        } else {
+            let bias = mask.bias(&Device::Cpu).unwrap();
+            kernels::attention_composite(&q, &k, &v, &bias, scale).unwrap()
+        };
+        let grads = (&out * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g = |x: &Var| grads.get(x.as_tensor()).unwrap().clone();
+        (out, g(&q), g(&k), g(&v))
+    };
+    let (out_f, gq_f, gk_f, gv_f) = run(true);
+    let (out_c, gq_c, gk_c, gv_c) = run(false);
+    assert_eq!(out_f.dims(), [b, tq, hq * d]);
+    let ctx = format!("hq {hq} hkv {hkv} tq {tq} tk {tk} d {d}");
+    assert!(
+        diff(&out_f, &out_c) <= 1e-6,
+        "{ctx}: output {}",
+        diff(&out_f, &out_c)
+    );
+    for (name, f, c) in [
+        ("q", &gq_f, &gq_c),
+        ("k", &gk_f, &gk_c),
+        ("v", &gv_f, &gv_c),
+    ] {
+        let dd = diff(f, c);
+        assert!(dd <= 2e-6, "{ctx}: grad {name} differs by {dd}");
+        assert!(abs_max(c) > 1e-2, "{ctx}: grad {name} is (nearly) zero");
+    }
+}
+
+#[test]
+fn attention_matches_composite_with_causal_and_padding_masks() {
+    // GQA 2:1, head size 32 (four 8-lane chunks).
+    check_attention(4, 2, 17, 17, 32, 10);
+    // No GQA; head size 20 (two chunks and a remainder of 4).
+    check_attention(3, 3, 9, 9, 20, 20);
+    // GQA 4:1, head size 5 (remainder only).
+    check_attention(4, 1, 6, 6, 5, 30);
+    // Several query blocks of the kernel (64 rows each) and a partial last one.
+    check_attention(2, 1, 150, 150, 16, 35);
+}
+
+#[test]
+fn attention_matches_composite_after_a_cache_offset() {
+    // Three new queries after seven cached keys (some of them padding in rows 1 and 2), as
+    // forward_cached runs them; and a single decoding step.
+    check_attention(4, 2, 3, 10, 16, 40);
+    check_attention(2, 1, 1, 9, 12, 50);
+    // Seventy new queries (two blocks) after thirty cached keys.
+    check_attention(2, 2, 70, 100, 8, 60);
+}
+
+#[test]
+fn attention_padding_query_sees_only_itself() {
+    // Row 1 is left-padded by 4: its padding query 2 attends to key 2 alone, so its output is v[2].
+    let (hq, t, d) = (2, 8, 8);
+    let mask = KeyMask::new(padded_rows(t), 0).unwrap();
+    let q = random(&[3, hq, t, d], 1);
+    let k = random(&[3, hq, t, d], 2);
+    let v = random(&[3, hq, t, d], 3);
+    let out = kernels::attention_fused(&q, &k, &v, &mask, 0.5).unwrap();
+    let got = out
+        .narrow(0, 1, 1)
+        .unwrap()
+        .narrow(1, 2, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    let want = v
+        .narrow(0, 1, 1)
+        .unwrap()
+        .narrow(2, 2, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    assert_eq!(
+        got.to_vec1::<f32>().unwrap(),
+        want.to_vec1::<f32>().unwrap()
+    );
+}
+
+#[test]
+fn attention_spares_untracked_operands() {
+    // k and v constant: the backward stores only q's gradient.
+    let mask = KeyMask::new(padded_rows(6), 0).unwrap();
+    let q = var(&[3, 2, 6, 8], 1);
+    let k = random(&[3, 2, 6, 8], 2);
+    let v = random(&[3, 2, 6, 8], 3);
+    let out = kernels::attention_fused(&q, &k, &v, &mask, 0.3).unwrap();
+    let grads = out.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(q.as_tensor()).is_some());
+    assert_eq!(grads.get_ids().count(), 1);
+}
+
+#[test]
+fn attention_refuses_mismatched_masks_and_heads() {
+    let q = random(&[3, 3, 6, 8], 1);
+    let k = random(&[3, 2, 6, 8], 2);
+    let mask = KeyMask::new(padded_rows(6), 0).unwrap();
+    assert!(kernels::attention_fused(&q, &k, &k, &mask, 1.0).is_err());
+    let q = random(&[3, 2, 6, 8], 1);
+    let short = KeyMask::new(padded_rows(5), 0).unwrap();
+    assert!(kernels::attention_fused(&q, &k, &k, &short, 1.0).is_err());
+}
+
+fn check_rms_norm(shape: &[usize], seed: u64) {
+    let n = *shape.last().unwrap();
+    // Rows of different scales, so 1/rms varies.
+    let x = Var::from_tensor(
+        &random(shape, seed)
+            .broadcast_mul(&(random(&[shape[0], 1, 1], seed + 9).abs().unwrap() * 4.0).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let w = var(&[n], seed + 1);
+    let weights = random(shape, seed + 2);
+    let run = |fused: bool| {
+        let y = if fused {
+            kernels::rms_norm_fused(&x, &w, 1e-6).unwrap()
+        } else {
+            kernels::rms_norm_composite(&x, &w, 1e-6).unwrap()
+        };
+        let grads = (&y * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gx = grads.get(x.as_tensor()).unwrap().clone();
+        let gw = grads.get(w.as_tensor()).unwrap().clone();
+        (y, gx, gw)
+    };
+    let (y_f, gx_f, gw_f) = run(true);
+    let (y_c, gx_c, gw_c) = run(false);
+    assert!(
+        diff(&y_f, &y_c) <= 1e-6,
+        "{shape:?}: values {}",
+        diff(&y_f, &y_c)
+    );
+    assert!(
+        diff(&gx_f, &gx_c) <= 1e-5,
+        "{shape:?}: grad x {}",
+        diff(&gx_f, &gx_c)
+    );
+    assert!(
+        diff(&gw_f, &gw_c) <= 1e-5,
+        "{shape:?}: grad w {}",
+        diff(&gw_f, &gw_c)
+    );
+    assert!(abs_max(&gx_c) > 1e-2 && abs_max(&gw_c) > 1e-2);
+}
+
+#[test]
+fn rms_norm_matches_composite_values_and_grads() {
+    check_rms_norm(&[3, 70, 32], 1); // more rows than one parallel chunk
+    check_rms_norm(&[2, 5, 37], 2); // odd width: the 8-lane loop's remainder
+}
+
+#[test]
+fn rms_norm_spares_a_frozen_weight() {
+    let x = var(&[2, 3, 16], 1);
+    let w = random(&[16], 2);
+    let y = kernels::rms_norm_fused(&x, &w, 1e-6).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(x.as_tensor()).is_some());
+    assert_eq!(grads.get_ids().count(), 1);
+}
+
+#[test]
+fn key_mask_is_causal_and_hides_padding_keys() {
+    // Row 0 left-padded by one, row 1 right-padded by one; two queries after one cached key.
+    let mask = KeyMask::new(vec![vec![false, true, true], vec![true, true, false]], 1).unwrap();
+    assert_eq!(mask.bias(&Device::Cpu).unwrap().dims(), [2, 1, 2, 3]);
+    let bias: Vec<Vec<Vec<f32>>> = mask
+        .bias(&Device::Cpu)
+        .unwrap()
+        .squeeze(1)
+        .unwrap()
+        .to_vec3()
+        .unwrap();
+    let (o, x) = (0f32, f32::NEG_INFINITY);
+    // Query i sits at key 1 + i: it sees real keys up to itself, never a padding key other than
+    // itself (row 1's padding query, key 2, sees the real keys before it and itself).
+    assert_eq!(bias[0], vec![vec![x, o, x], vec![x, o, o]]);
+    assert_eq!(bias[1], vec![vec![o, o, x], vec![o, o, o]]);
+}
