@@ -159,3 +159,38 @@ fn resuming_with_the_same_or_another_world_size_continues_the_same_run() {
     let text = format!("{e:#}");
     assert!(text.contains("trained with 6 samples per step, this run would take 3"), "{text}");
 }
+
+#[test]
+fn the_binary_runs_ranks_as_threads_and_refuses_a_multi_process_launch_it_cannot_serve() {
+    let w = shared_world();
+    let run_dir = w.root.join("runs").join("binary-nproc");
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let train = |extra: &[&str], env: &[(&str, &str)]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_train"))
+            .arg(&w.experiment)
+            .args(["--run-dir", run_dir.to_str().unwrap(), "--threads", "1", "--no-progress"])
+            .args(["--no-hash-cache", "--set", "eval.every=0"])
+            .args(extra)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let out = train(&["--nproc", "2", "--max-steps", "2"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("2 data-parallel ranks as threads"), "{stderr}");
+    // 2 ranks × micro-batch 3 × accumulation 2 = 12 samples per step; one line per step.
+    assert_eq!(steps(&run_dir).iter().map(|s| (s.0, s.2)).collect::<Vec<_>>(), [(1, 12), (2, 12)]);
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(record["world_size"], 2);
+
+    let out = train(
+        &["--max-steps", "1"],
+        &[("SLURM_PROCID", "1"), ("SLURM_NTASKS", "4"), ("SLURM_JOB_NODELIST", "gpu[1-2]")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("slurm started this process as rank 1 of 4"), "{stderr}");
+    assert!(stderr.contains("train --nproc 4"), "{stderr}");
+}
