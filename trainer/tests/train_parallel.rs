@@ -15,16 +15,7 @@ use candle_core::{Device, Tensor};
 use roomplan_trainer::train::run::{train, TrainOptions};
 use serde_json::Value;
 
-fn shared_world() -> &'static world::World {
-    static WORLD: OnceLock<(tempfile::TempDir, world::World)> = OnceLock::new();
-    &WORLD
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let w = world::build(dir.path());
-            (dir, w)
-        })
-        .1
-}
+use world::shared as shared_world;
 
 /// Trains the fixture (8-step schedule, no evaluation, no LoRA dropout) up to `max_steps`.
 fn run(name: &str, nproc: usize, micro_batch: usize, grad_accum: usize, max_steps: u64, resume: bool) -> anyhow::Result<PathBuf> {

@@ -42,53 +42,48 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<LaunchEnv
     let num = |var: &str| -> Result<Option<usize>> {
         get(var).map(|v| parse(var, &v)).transpose()
     };
-    let port = |default: u16| -> Result<u16> {
-        Ok(get("MASTER_PORT")
-            .map(|v| parse("MASTER_PORT", &v))
-            .transpose()?
-            .unwrap_or(default))
+    let (rank, world_size, local_rank, master_addr, source) =
+        if let (Some(rank), Some(world_size)) = (num("RANK")?, num("WORLD_SIZE")?) {
+            let local_rank = match num("LOCAL_RANK")? {
+                Some(l) => l,
+                None if world_size == 1 => 0,
+                None => bail!(
+                    "RANK and WORLD_SIZE are set but LOCAL_RANK is not (which GPU is this rank's?)"
+                ),
+            };
+            let master_addr = match get("MASTER_ADDR") {
+                Some(a) => a,
+                None if world_size == 1 => "127.0.0.1".into(),
+                None => bail!("RANK and WORLD_SIZE are set but MASTER_ADDR is not (where is rank 0?)"),
+            };
+            (rank, world_size, local_rank, master_addr, "torchrun")
+        } else if let (Some(rank), Some(world_size)) = (num("SLURM_PROCID")?, num("SLURM_NTASKS")?) {
+            let local_rank = num("SLURM_LOCALID")?.unwrap_or(0);
+            let master_addr = match get("MASTER_ADDR") {
+                Some(a) => a,
+                None => {
+                    let list = get("SLURM_JOB_NODELIST")
+                        .or_else(|| get("SLURM_NODELIST"))
+                        .context("SLURM_PROCID is set but SLURM_JOB_NODELIST is not")?;
+                    first_host(&list)
+                        .with_context(|| format!("SLURM_JOB_NODELIST={list:?}: not a host list"))?
+                }
+            };
+            (rank, world_size, local_rank, master_addr, "slurm")
+        } else {
+            return Ok(None);
+        };
+    let master_port = match get("MASTER_PORT") {
+        Some(v) => parse("MASTER_PORT", &v)?,
+        None => DEFAULT_MASTER_PORT,
     };
-    let env = if let (Some(rank), Some(world_size)) = (num("RANK")?, num("WORLD_SIZE")?) {
-        let local_rank = match num("LOCAL_RANK")? {
-            Some(l) => l,
-            None if world_size == 1 => 0,
-            None => bail!("RANK and WORLD_SIZE are set but LOCAL_RANK is not (which GPU is this rank's?)"),
-        };
-        let master_addr = match get("MASTER_ADDR") {
-            Some(a) => a,
-            None if world_size == 1 => "127.0.0.1".into(),
-            None => bail!("RANK and WORLD_SIZE are set but MASTER_ADDR is not (where is rank 0?)"),
-        };
-        LaunchEnv {
-            rank,
-            world_size,
-            local_rank,
-            master_addr,
-            master_port: port(DEFAULT_MASTER_PORT)?,
-            source: "torchrun",
-        }
-    } else if let (Some(rank), Some(world_size)) = (num("SLURM_PROCID")?, num("SLURM_NTASKS")?) {
-        let local_rank = num("SLURM_LOCALID")?.unwrap_or(0);
-        let master_addr = match get("MASTER_ADDR") {
-            Some(a) => a,
-            None => {
-                let list = get("SLURM_JOB_NODELIST")
-                    .or_else(|| get("SLURM_NODELIST"))
-                    .context("SLURM_PROCID is set but SLURM_JOB_NODELIST is not")?;
-                first_host(&list)
-                    .with_context(|| format!("SLURM_JOB_NODELIST={list:?}: not a host list"))?
-            }
-        };
-        LaunchEnv {
-            rank,
-            world_size,
-            local_rank,
-            master_addr,
-            master_port: port(DEFAULT_MASTER_PORT)?,
-            source: "slurm",
-        }
-    } else {
-        return Ok(None);
+    let env = LaunchEnv {
+        rank,
+        world_size,
+        local_rank,
+        master_addr,
+        master_port,
+        source,
     };
     ensure!(env.world_size > 0, "{}: a world size of 0", env.source);
     ensure!(

@@ -161,6 +161,17 @@ impl ThreadGroup {
     }
 }
 
+impl ThreadGroup {
+    /// Rank `root`'s `input` on every rank.
+    fn broadcast_payload(&self, what: &str, input: Payload, root: usize) -> Result<Arc<Payload>> {
+        ensure!(root < self.shared.world, "broadcast from rank {root} of {}", self.shared.world);
+        let what = format!("broadcast(root {root}, {what})");
+        self.exchange("broadcast", what, input, |inputs| {
+            std::mem::replace(&mut inputs[root], Payload::None)
+        })
+    }
+}
+
 impl Drop for ThreadGroup {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
@@ -191,32 +202,37 @@ fn describe(t: &Tensor) -> String {
     format!("{:?}{:?}", t.dtype(), t.dims())
 }
 
-/// Element-wise sum in rank order.
+/// Element-wise sum in rank order (divided by the world size for a mean).
 fn sum(inputs: &mut [Payload], mean: bool) -> Payload {
-    let n = inputs.len();
+    fn add<T: Copy + std::ops::AddAssign + std::ops::DivAssign + From<u16>>(
+        mut acc: Vec<T>,
+        rest: impl Iterator<Item = Vec<T>>,
+        divide_by: Option<u16>,
+    ) -> Vec<T> {
+        for v in rest {
+            acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+        }
+        if let Some(n) = divide_by {
+            acc.iter_mut().for_each(|a| *a /= T::from(n));
+        }
+        acc
+    }
+    let divide_by = mean.then_some(inputs.len() as u16);
     let mut it = inputs.iter_mut().map(|p| std::mem::replace(p, Payload::None));
     match it.next() {
-        Some(Payload::F32(mut acc)) => {
-            for p in it {
-                if let Payload::F32(v) = p {
-                    acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
-                }
-            }
-            if mean {
-                acc.iter_mut().for_each(|a| *a /= n as f32);
-            }
-            Payload::F32(acc)
+        Some(Payload::F32(first)) => {
+            let rest = it.filter_map(|p| match p {
+                Payload::F32(v) => Some(v),
+                _ => None,
+            });
+            Payload::F32(add(first, rest, divide_by))
         }
-        Some(Payload::F64(mut acc)) => {
-            for p in it {
-                if let Payload::F64(v) = p {
-                    acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
-                }
-            }
-            if mean {
-                acc.iter_mut().for_each(|a| *a /= n as f64);
-            }
-            Payload::F64(acc)
+        Some(Payload::F64(first)) => {
+            let rest = it.filter_map(|p| match p {
+                Payload::F64(v) => Some(v),
+                _ => None,
+            });
+            Payload::F64(add(first, rest, divide_by))
         }
         _ => Payload::None,
     }
@@ -239,23 +255,14 @@ impl Collective for ThreadGroup {
     }
 
     fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
-        ensure!(root < self.shared.world, "broadcast from rank {root} of {}", self.shared.world);
-        let what = format!("broadcast(root {root}, {})", describe(t));
         let input = if self.rank == root { to_payload(t)? } else { Payload::None };
-        let result = self.exchange("broadcast", what, input, |inputs| {
-            std::mem::replace(&mut inputs[root], Payload::None)
-        })?;
+        let result = self.broadcast_payload(&describe(t), input, root)?;
         from_payload(&result, t)
     }
 
     fn broadcast_bytes(&self, bytes: Vec<u8>, root: usize) -> Result<Vec<u8>> {
-        ensure!(root < self.shared.world, "broadcast from rank {root} of {}", self.shared.world);
-        let what = format!("broadcast_bytes(root {root})");
         let input = if self.rank == root { Payload::Bytes(bytes) } else { Payload::None };
-        let result = self.exchange("broadcast_bytes", what, input, |inputs| {
-            std::mem::replace(&mut inputs[root], Payload::None)
-        })?;
-        match &*result {
+        match &*self.broadcast_payload("bytes", input, root)? {
             Payload::Bytes(b) => Ok(b.clone()),
             other => bail!("internal: broadcast_bytes produced {other:?}"),
         }
