@@ -5,14 +5,16 @@
 //! - [`Single`]: world size 1, every operation is the identity (the default run);
 //! - [`threads::ThreadGroup`]: ranks as threads of one process, exchanging host copies of the
 //!   tensors (tests, `train --nproc N` on CPU machines);
-//! - NCCL through cudarc, one process per GPU (behind the `cuda` feature; not part of this
-//!   module yet).
+//! - NCCL through cudarc, one process per GPU (behind the `cuda` feature): not written yet. What
+//!   it needs on the CPU side is here: [`launch`] (rank, world, rendezvous host from torchrun or
+//!   Slurm variables) and [`rendezvous`] (rank 0's NCCL unique id to every rank over TCP).
 //!
 //! Every operation is collective: all ranks call the same operations in the same order. A rank
 //! that does not arrive within the group's timeout makes the others fail with a
 //! [`CollectiveError`] naming it, never wait forever.
 
 pub mod launch;
+pub mod rendezvous;
 pub mod threads;
 
 use std::time::Duration;
