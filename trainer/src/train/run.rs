@@ -158,20 +158,29 @@ pub const DEFAULT_DIST_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Runs (or resumes) training; returns the run directory. With `nproc` > 1, that many
 /// data-parallel ranks run as threads of this process ([`threads::ThreadGroup`]).
 pub fn train(opts: &TrainOptions) -> Result<PathBuf> {
-    let (exp, run_dir) = prepare(opts)?;
+    let (exp, run_dir) = prepare(opts, true)?;
     let world = opts.nproc.max(1);
+    let device = device()?;
     if world == 1 {
-        train_rank(opts, &exp, &run_dir, &Single)?;
+        train_rank(opts, &exp, &run_dir, &Single, &device)?;
     } else {
         eprintln!("{world} data-parallel ranks as threads of this process (CPU collectives)");
         let timeout = opts.dist_timeout.unwrap_or(DEFAULT_DIST_TIMEOUT);
         let results = threads::run_ranks(world, timeout, |group| {
-            train_rank(opts, &exp, &run_dir, &group)
+            train_rank(opts, &exp, &run_dir, &group, &device)
         })?;
         if let Some(e) = first_cause(results.into_iter().filter_map(Result::err).collect()) {
             return Err(e);
         }
     }
+    Ok(run_dir)
+}
+
+/// Runs this process as one rank of a multi-process job (one process per GPU, `comm` joined
+/// already, `device` this rank's GPU): every rank verifies the pins, rank 0 alone records the run.
+pub fn train_as_rank(opts: &TrainOptions, comm: &dyn Collective, device: &Device) -> Result<PathBuf> {
+    let (exp, run_dir) = prepare(opts, comm.rank() == 0)?;
+    train_rank(opts, &exp, &run_dir, comm, device)?;
     Ok(run_dir)
 }
 
@@ -192,8 +201,9 @@ fn first_cause(errors: Vec<anyhow::Error>) -> Option<anyhow::Error> {
     errors.into_iter().nth(best)
 }
 
-/// Reads the experiment, checks the run directory, verifies the pins and records the run.
-fn prepare(opts: &TrainOptions) -> Result<(Experiment, PathBuf)> {
+/// Reads the experiment, checks the run directory, verifies the pins and (`lead`: rank 0)
+/// records the run.
+fn prepare(opts: &TrainOptions, lead: bool) -> Result<(Experiment, PathBuf)> {
     let path = experiment::locate(&opts.experiment)?;
     let loaded = experiment::load(&path, &opts.overrides)?;
     let exp = loaded.experiment;
@@ -220,7 +230,7 @@ fn prepare(opts: &TrainOptions) -> Result<(Experiment, PathBuf)> {
             path.display(),
             run_dir.join("experiment.yaml").display()
         );
-    } else if run_dir.exists() {
+    } else if lead && run_dir.exists() {
         let non_empty = std::fs::read_dir(&run_dir)?.next().is_some();
         ensure!(
             !non_empty,
@@ -229,6 +239,9 @@ fn prepare(opts: &TrainOptions) -> Result<(Experiment, PathBuf)> {
         );
     }
     let (pins, cache_path) = verify_pins(&exp, &path, opts.no_hash_cache)?;
+    if !lead {
+        return Ok((exp, run_dir));
+    }
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("creating {}", run_dir.display()))?;
     let started = metrics::utc_now();
@@ -285,12 +298,12 @@ fn train_rank(
     exp: &Experiment,
     run_dir: &Path,
     comm: &dyn Collective,
+    device: &Device,
 ) -> Result<()> {
     let (rank, world) = (comm.rank(), comm.world_size());
     let lead = rank == 0;
     // 2. Model, data, optimizer, schedule.
-    let device = device()?;
-    let asm = assemble(exp, &device)?;
+    let asm = assemble(exp, device)?;
     let corpus = Arc::new(Corpus::new(exp, asm.tokenizer.clone(), &exp.data.datasets)?);
     let t = &exp.train;
     let per_step = t.micro_batch * t.grad_accum * world;
