@@ -18,7 +18,14 @@ use serde_json::Value;
 use world::shared as shared_world;
 
 /// Trains the fixture (8-step schedule, no evaluation, no LoRA dropout) up to `max_steps`.
-fn run(name: &str, nproc: usize, micro_batch: usize, grad_accum: usize, max_steps: u64, resume: bool) -> anyhow::Result<PathBuf> {
+fn run(
+    name: &str,
+    nproc: usize,
+    micro_batch: usize,
+    grad_accum: usize,
+    max_steps: u64,
+    resume: bool,
+) -> anyhow::Result<PathBuf> {
     let w = shared_world();
     let run_dir = w.root.join("runs").join(name);
     if !resume {
@@ -51,7 +58,14 @@ fn steps(run_dir: &Path) -> Vec<(u64, u64, u64, u64, f64, f64)> {
         .filter(|l| l["kind"] == "train")
         .map(|l| {
             let u = |k: &str| l[k].as_u64().unwrap();
-            (u("step"), u("epoch"), u("samples"), u("tokens"), l["loss"].as_f64().unwrap(), l["grad_norm"].as_f64().unwrap())
+            (
+                u("step"),
+                u("epoch"),
+                u("samples"),
+                u("tokens"),
+                l["loss"].as_f64().unwrap(),
+                l["grad_norm"].as_f64().unwrap(),
+            )
         })
         .collect()
 }
@@ -80,10 +94,26 @@ fn assert_same_steps(a: &Path, b: &Path, tolerance: f64) {
     let (sa, sb) = (steps(a), steps(b));
     assert_eq!(sa.len(), sb.len(), "{sa:?}\n{sb:?}");
     for (x, y) in sa.iter().zip(&sb) {
-        assert_eq!((x.0, x.1, x.2, x.3), (y.0, y.1, y.2, y.3), "step layout: {x:?} vs {y:?}");
+        assert_eq!(
+            (x.0, x.1, x.2, x.3),
+            (y.0, y.1, y.2, y.3),
+            "step layout: {x:?} vs {y:?}"
+        );
         let rel = |p: f64, q: f64| (p - q).abs() / p.abs().max(1e-12);
-        assert!(rel(x.4, y.4) < tolerance, "step {}: loss {} vs {}", x.0, x.4, y.4);
-        assert!(rel(x.5, y.5) < tolerance, "step {}: grad norm {} vs {}", x.0, x.5, y.5);
+        assert!(
+            rel(x.4, y.4) < tolerance,
+            "step {}: loss {} vs {}",
+            x.0,
+            x.4,
+            y.4
+        );
+        assert!(
+            rel(x.5, y.5) < tolerance,
+            "step {}: grad norm {} vs {}",
+            x.0,
+            x.5,
+            y.5
+        );
     }
 }
 
@@ -104,13 +134,20 @@ fn two_ranks_equal_one_rank_with_twice_the_batch_and_with_accumulation() {
     let s = steps(two);
     assert_eq!(s.len(), 4);
     // 12 training samples, 6 per step: two steps per epoch, every sample once per epoch.
-    assert_eq!(s.iter().map(|x| (x.1, x.2)).collect::<Vec<_>>(), [(0, 6), (0, 6), (1, 6), (1, 6)]);
+    assert_eq!(
+        s.iter().map(|x| (x.1, x.2)).collect::<Vec<_>>(),
+        [(0, 6), (0, 6), (1, 6), (1, 6)]
+    );
     assert!(s[3].4 < s[0].4, "the loss does not fall: {s:?}");
     for other in [&wide, &accum] {
         assert_same_steps(two, other, TOLERANCE);
         let d = weight_difference(&weights(two, 4), &weights(other, 4));
         eprintln!("{}: relative weight difference {d:.2e}", other.display());
-        assert!(d < TOLERANCE, "{}: weights differ by {d:e}", other.display());
+        assert!(
+            d < TOLERANCE,
+            "{}: weights differ by {d:e}",
+            other.display()
+        );
     }
     // The layouts really trained (the weights moved from their initialisation).
     let first = run("one-rank-one-step", 1, 6, 1, 1, false).unwrap();
@@ -120,7 +157,10 @@ fn two_ranks_equal_one_rank_with_twice_the_batch_and_with_accumulation() {
         &std::fs::read_to_string(two.join("checkpoints/step-000004/state.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(state["cursor"], serde_json::json!({"epoch": 2, "position": 0}));
+    assert_eq!(
+        state["cursor"],
+        serde_json::json!({"epoch": 2, "position": 0})
+    );
     assert_eq!(state["global_batch"], 6);
     assert_eq!(state["samples_seen"], 24);
 }
@@ -133,8 +173,12 @@ fn resuming_with_the_same_or_another_world_size_continues_the_same_run() {
     run("resume-two", 2, 3, 1, 4, true).unwrap();
     let (a, b) = (steps(two), steps(&same));
     assert_eq!(
-        a.iter().map(|x| (x.0, x.4.to_bits(), x.5.to_bits())).collect::<Vec<_>>(),
-        b.iter().map(|x| (x.0, x.4.to_bits(), x.5.to_bits())).collect::<Vec<_>>()
+        a.iter()
+            .map(|x| (x.0, x.4.to_bits(), x.5.to_bits()))
+            .collect::<Vec<_>>(),
+        b.iter()
+            .map(|x| (x.0, x.4.to_bits(), x.5.to_bits()))
+            .collect::<Vec<_>>()
     );
     assert_eq!(weight_difference(&weights(two, 4), &weights(&same, 4)), 0.0);
 
@@ -148,7 +192,10 @@ fn resuming_with_the_same_or_another_world_size_continues_the_same_run() {
     // A world size that changes the global batch is refused, naming the fix.
     let e = run("resume-one", 1, 3, 1, 6, true).unwrap_err();
     let text = format!("{e:#}");
-    assert!(text.contains("trained with 6 samples per step, this run would take 3"), "{text}");
+    assert!(
+        text.contains("trained with 6 samples per step, this run would take 3"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -159,7 +206,13 @@ fn the_binary_runs_ranks_as_threads_and_refuses_a_multi_process_launch_it_cannot
     let train = |extra: &[&str], env: &[(&str, &str)]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_train"))
             .arg(&w.experiment)
-            .args(["--run-dir", run_dir.to_str().unwrap(), "--threads", "1", "--no-progress"])
+            .args([
+                "--run-dir",
+                run_dir.to_str().unwrap(),
+                "--threads",
+                "1",
+                "--no-progress",
+            ])
             .args(["--no-hash-cache", "--set", "eval.every=0"])
             .args(extra)
             .envs(env.iter().copied())
@@ -169,19 +222,35 @@ fn the_binary_runs_ranks_as_threads_and_refuses_a_multi_process_launch_it_cannot
     let out = train(&["--nproc", "2", "--max-steps", "2"], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("2 data-parallel ranks as threads"), "{stderr}");
+    assert!(
+        stderr.contains("2 data-parallel ranks as threads"),
+        "{stderr}"
+    );
     // 2 ranks × micro-batch 3 × accumulation 2 = 12 samples per step; one line per step.
-    assert_eq!(steps(&run_dir).iter().map(|s| (s.0, s.2)).collect::<Vec<_>>(), [(1, 12), (2, 12)]);
+    assert_eq!(
+        steps(&run_dir)
+            .iter()
+            .map(|s| (s.0, s.2))
+            .collect::<Vec<_>>(),
+        [(1, 12), (2, 12)]
+    );
     let record: Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
     assert_eq!(record["world_size"], 2);
 
     let out = train(
         &["--max-steps", "1"],
-        &[("SLURM_PROCID", "1"), ("SLURM_NTASKS", "4"), ("SLURM_JOB_NODELIST", "gpu[1-2]")],
+        &[
+            ("SLURM_PROCID", "1"),
+            ("SLURM_NTASKS", "4"),
+            ("SLURM_JOB_NODELIST", "gpu[1-2]"),
+        ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("slurm started this process as rank 1 of 4"), "{stderr}");
+    assert!(
+        stderr.contains("slurm started this process as rank 1 of 4"),
+        "{stderr}"
+    );
     assert!(stderr.contains("train --nproc 4"), "{stderr}");
 }

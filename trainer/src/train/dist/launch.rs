@@ -39,9 +39,7 @@ where
 /// Reads the launch variables through `get` (`std::env::var(..).ok()` in the binary). `None`
 /// when no launcher set them (a plain single-process run).
 pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<LaunchEnv>> {
-    let num = |var: &str| -> Result<Option<usize>> {
-        get(var).map(|v| parse(var, &v)).transpose()
-    };
+    let num = |var: &str| -> Result<Option<usize>> { get(var).map(|v| parse(var, &v)).transpose() };
     let (rank, world_size, local_rank, master_addr, source) =
         if let (Some(rank), Some(world_size)) = (num("RANK")?, num("WORLD_SIZE")?) {
             let local_rank = match num("LOCAL_RANK")? {
@@ -54,10 +52,13 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<LaunchEnv
             let master_addr = match get("MASTER_ADDR") {
                 Some(a) => a,
                 None if world_size == 1 => "127.0.0.1".into(),
-                None => bail!("RANK and WORLD_SIZE are set but MASTER_ADDR is not (where is rank 0?)"),
+                None => {
+                    bail!("RANK and WORLD_SIZE are set but MASTER_ADDR is not (where is rank 0?)")
+                }
             };
             (rank, world_size, local_rank, master_addr, "torchrun")
-        } else if let (Some(rank), Some(world_size)) = (num("SLURM_PROCID")?, num("SLURM_NTASKS")?) {
+        } else if let (Some(rank), Some(world_size)) = (num("SLURM_PROCID")?, num("SLURM_NTASKS")?)
+        {
             let local_rank = num("SLURM_LOCALID")?.unwrap_or(0);
             let master_addr = match get("MASTER_ADDR") {
                 Some(a) => a,
@@ -142,8 +143,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Result<Option<LaunchEnv>> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         from_env(|k| map.get(k).cloned())
     }
 
@@ -177,9 +180,14 @@ mod tests {
                 source: "torchrun"
             }
         );
-        let e = env(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "h")])
-            .unwrap()
-            .unwrap();
+        let e = env(&[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            ("LOCAL_RANK", "0"),
+            ("MASTER_ADDR", "h"),
+        ])
+        .unwrap()
+        .unwrap();
         assert_eq!(e.master_port, DEFAULT_MASTER_PORT);
     }
 
@@ -194,7 +202,14 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(
-            (e.rank, e.world_size, e.local_rank, e.master_addr.as_str(), e.master_port, e.source),
+            (
+                e.rank,
+                e.world_size,
+                e.local_rank,
+                e.master_addr.as_str(),
+                e.master_port,
+                e.source
+            ),
             (6, 16, 2, "gpu-012", DEFAULT_MASTER_PORT, "slurm")
         );
         let e = env(&[
@@ -228,15 +243,26 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_naming_the_variable() {
-        let e = env(&[("RANK", "two"), ("WORLD_SIZE", "4")]).unwrap_err().to_string();
-        assert!(e.contains("RANK=\"two\""), "{e}");
-        let e = env(&[("RANK", "4"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "h")])
+        let e = env(&[("RANK", "two"), ("WORLD_SIZE", "4")])
             .unwrap_err()
             .to_string();
+        assert!(e.contains("RANK=\"two\""), "{e}");
+        let e = env(&[
+            ("RANK", "4"),
+            ("WORLD_SIZE", "4"),
+            ("LOCAL_RANK", "0"),
+            ("MASTER_ADDR", "h"),
+        ])
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("rank 4 is not below the world size 4"), "{e}");
-        let e = env(&[("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "h")]).unwrap_err().to_string();
+        let e = env(&[("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "h")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("LOCAL_RANK is not"), "{e}");
-        let e = env(&[("SLURM_PROCID", "1"), ("SLURM_NTASKS", "2")]).unwrap_err().to_string();
+        let e = env(&[("SLURM_PROCID", "1"), ("SLURM_NTASKS", "2")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("SLURM_JOB_NODELIST"), "{e}");
     }
 }

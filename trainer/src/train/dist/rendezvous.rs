@@ -21,7 +21,12 @@ pub fn serve(port: u16, world: usize, payload: &[u8], timeout: Duration) -> Resu
 }
 
 /// [`serve`] on a listener already bound.
-pub fn serve_on(listener: TcpListener, world: usize, payload: &[u8], timeout: Duration) -> Result<()> {
+pub fn serve_on(
+    listener: TcpListener,
+    world: usize,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     listener.set_nonblocking(true)?;
     let mut waiting: BTreeSet<usize> = (1..world).collect();
@@ -70,15 +75,15 @@ pub fn join(addr: &str, port: u16, rank: usize, timeout: Duration) -> Result<Vec
                 Vec::new()
             }
         };
-        let connected = addrs
-            .iter()
-            .find_map(|a| match TcpStream::connect_timeout(a, Duration::from_secs(2)) {
+        let connected = addrs.iter().find_map(|a| {
+            match TcpStream::connect_timeout(a, Duration::from_secs(2)) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     last_error = Some(e.to_string());
                     None
                 }
-            });
+            }
+        });
         if let Some(s) = connected {
             break s;
         }
@@ -91,14 +96,21 @@ pub fn join(addr: &str, port: u16, rank: usize, timeout: Duration) -> Result<Vec
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    stream.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1))))?;
+    stream.set_read_timeout(Some(
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1)),
+    ))?;
     stream.write_all(&(rank as u32).to_le_bytes())?;
     let mut len = [0u8; 8];
     stream
         .read_exact(&mut len)
         .with_context(|| format!("rank {rank}: reading from rank 0's rendezvous"))?;
     let len = u64::from_le_bytes(len);
-    ensure!(len <= 1 << 20, "rank {rank}: the rendezvous announced {len} bytes");
+    ensure!(
+        len <= 1 << 20,
+        "rank {rank}: the rendezvous announced {len} bytes"
+    );
     let mut payload = vec![0u8; len as usize];
     stream.read_exact(&mut payload)?;
     Ok(payload)
@@ -140,13 +152,26 @@ mod tests {
         let (l, port) = listener();
         std::thread::scope(|s| {
             let server = s.spawn(|| serve_on(l, 3, b"id", Duration::from_millis(500)));
-            assert_eq!(join("127.0.0.1", port, 2, Duration::from_secs(20)).unwrap(), b"id");
+            assert_eq!(
+                join("127.0.0.1", port, 2, Duration::from_secs(20)).unwrap(),
+                b"id"
+            );
             let e = server.join().unwrap().unwrap_err().to_string();
-            assert!(e.contains("rank(s) {1} of 3 did not join the rendezvous"), "{e}");
+            assert!(
+                e.contains("rank(s) {1} of 3 did not join the rendezvous"),
+                "{e}"
+            );
         });
         let (l, port) = listener();
         drop(l);
-        let e = join("127.0.0.1", port, 1, Duration::from_millis(300)).unwrap_err().to_string();
-        assert!(e.contains(&format!("rank 1: rank 0's rendezvous at 127.0.0.1:{port} did not answer")), "{e}");
+        let e = join("127.0.0.1", port, 1, Duration::from_millis(300))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "rank 1: rank 0's rendezvous at 127.0.0.1:{port} did not answer"
+            )),
+            "{e}"
+        );
     }
 }

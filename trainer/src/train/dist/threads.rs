@@ -121,7 +121,10 @@ impl ThreadGroup {
             self.shared.changed.notify_all();
         }
         loop {
-            let entry = state.ops.get_mut(&seq).expect("an op stays until every rank took it");
+            let entry = state
+                .ops
+                .get_mut(&seq)
+                .expect("an op stays until every rank took it");
             if let Some(result) = entry.result.clone() {
                 entry.taken += 1;
                 if entry.taken == world {
@@ -164,7 +167,11 @@ impl ThreadGroup {
 impl ThreadGroup {
     /// Rank `root`'s `input` on every rank.
     fn broadcast_payload(&self, what: &str, input: Payload, root: usize) -> Result<Arc<Payload>> {
-        ensure!(root < self.shared.world, "broadcast from rank {root} of {}", self.shared.world);
+        ensure!(
+            root < self.shared.world,
+            "broadcast from rank {root} of {}",
+            self.shared.world
+        );
         let what = format!("broadcast(root {root}, {what})");
         self.exchange("broadcast", what, input, |inputs| {
             std::mem::replace(&mut inputs[root], Payload::None)
@@ -218,7 +225,9 @@ fn sum(inputs: &mut [Payload], mean: bool) -> Payload {
         acc
     }
     let divide_by = mean.then_some(inputs.len() as u16);
-    let mut it = inputs.iter_mut().map(|p| std::mem::replace(p, Payload::None));
+    let mut it = inputs
+        .iter_mut()
+        .map(|p| std::mem::replace(p, Payload::None));
     match it.next() {
         Some(Payload::F32(first)) => {
             let rest = it.filter_map(|p| match p {
@@ -250,18 +259,28 @@ impl Collective for ThreadGroup {
     fn all_reduce(&self, t: &Tensor, op: ReduceOp) -> Result<Tensor> {
         let what = format!("all_reduce({op:?}, {})", describe(t));
         let mean = op == ReduceOp::Mean;
-        let result = self.exchange("all_reduce", what, to_payload(t)?, |inputs| sum(inputs, mean))?;
+        let result = self.exchange("all_reduce", what, to_payload(t)?, |inputs| {
+            sum(inputs, mean)
+        })?;
         from_payload(&result, t)
     }
 
     fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
-        let input = if self.rank == root { to_payload(t)? } else { Payload::None };
+        let input = if self.rank == root {
+            to_payload(t)?
+        } else {
+            Payload::None
+        };
         let result = self.broadcast_payload(&describe(t), input, root)?;
         from_payload(&result, t)
     }
 
     fn broadcast_bytes(&self, bytes: Vec<u8>, root: usize) -> Result<Vec<u8>> {
-        let input = if self.rank == root { Payload::Bytes(bytes) } else { Payload::None };
+        let input = if self.rank == root {
+            Payload::Bytes(bytes)
+        } else {
+            Payload::None
+        };
         match &*self.broadcast_payload("bytes", input, root)? {
             Payload::Bytes(b) => Ok(b.clone()),
             other => bail!("internal: broadcast_bytes produced {other:?}"),
@@ -269,7 +288,9 @@ impl Collective for ThreadGroup {
     }
 
     fn barrier(&self) -> Result<()> {
-        self.exchange("barrier", "barrier".into(), Payload::None, |_| Payload::None)?;
+        self.exchange("barrier", "barrier".into(), Payload::None, |_| {
+            Payload::None
+        })?;
         Ok(())
     }
 }
@@ -379,8 +400,17 @@ mod tests {
         for rank in [0, 2] {
             let e = out[rank].as_ref().unwrap_err();
             match e.downcast_ref::<CollectiveError>() {
-                Some(CollectiveError::Timeout { rank: r, missing, world, op, .. }) => {
-                    assert_eq!((*r, missing.as_slice(), *world, *op), (rank, &[1][..], 3, "barrier"));
+                Some(CollectiveError::Timeout {
+                    rank: r,
+                    missing,
+                    world,
+                    op,
+                    ..
+                }) => {
+                    assert_eq!(
+                        (*r, missing.as_slice(), *world, *op),
+                        (rank, &[1][..], 3, "barrier")
+                    );
                 }
                 other => panic!("rank {rank}: {other:?}"),
             }
@@ -400,14 +430,27 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert!(started.elapsed() < Duration::from_secs(10), "waited for the timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "waited for the timeout"
+        );
         let e = out[1].as_ref().unwrap_err();
         assert!(
-            matches!(e.downcast_ref(), Some(CollectiveError::RankLeft { rank: 1, gone: 0, .. })),
+            matches!(
+                e.downcast_ref(),
+                Some(CollectiveError::RankLeft {
+                    rank: 1,
+                    gone: 0,
+                    ..
+                })
+            ),
             "{e}"
         );
         let errors: Vec<_> = out.into_iter().filter_map(Result::err).collect();
-        assert_eq!(root_cause(errors).unwrap().to_string(), "rank 0 could not read its checkpoint");
+        assert_eq!(
+            root_cause(errors).unwrap().to_string(),
+            "rank 0 could not read its checkpoint"
+        );
     }
 
     #[test]
@@ -434,9 +477,15 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        let errors: Vec<String> = out.into_iter().filter_map(|r| r.err()).map(|e| e.to_string()).collect();
+        let errors: Vec<String> = out
+            .into_iter()
+            .filter_map(|r| r.err())
+            .map(|e| e.to_string())
+            .collect();
         assert!(
-            errors.iter().any(|e| e.contains("does not match") && e.contains("F32[1]") && e.contains("F32[2]")),
+            errors.iter().any(|e| e.contains("does not match")
+                && e.contains("F32[1]")
+                && e.contains("F32[2]")),
             "{errors:?}"
         );
     }
