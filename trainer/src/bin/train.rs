@@ -137,18 +137,7 @@ fn run(cli: Cli) -> Result<()> {
             let r = cli.run;
             set_threads(r.common.threads)?;
             let launched = launch::from_env(|k| std::env::var(k).ok())?;
-            if let Some(env) = launched.filter(|e| e.world_size > 1) {
-                anyhow::bail!(
-                    "{} started this process as rank {} of {}: one process per rank needs the NCCL \
-                     backend, which this build does not have yet; on one machine use \
-                     `train --nproc {}` (ranks as threads, CPU collectives)",
-                    env.source,
-                    env.rank,
-                    env.world_size,
-                    env.world_size
-                );
-            }
-            train(&TrainOptions {
+            let options = TrainOptions {
                 experiment: r.experiment.expect("required by clap"),
                 run_dir: r.run_dir,
                 resume: r.resume,
@@ -160,7 +149,33 @@ fn run(cli: Cli) -> Result<()> {
                 command_line: std::env::args().collect(),
                 nproc: r.nproc,
                 dist_timeout: Some(std::time::Duration::from_secs(r.dist_timeout)),
-            })?;
+            };
+            #[cfg(feature = "cuda")]
+            if let Some(env) = launched.as_ref().filter(|e| e.world_size > 1) {
+                anyhow::ensure!(
+                    r.nproc <= 1,
+                    "--nproc starts ranks itself; this process was launched as rank {} of {}",
+                    env.rank,
+                    env.world_size
+                );
+                let device = candle_core::Device::new_cuda(env.local_rank)?;
+                let timeout = std::time::Duration::from_secs(r.dist_timeout);
+                let comm = roomplan_trainer::train::dist::nccl::NcclGroup::join(env, &device, timeout)?;
+                roomplan_trainer::train::run::train_as_rank(&options, &comm, &device)?;
+                return Ok(());
+            }
+            if let Some(env) = launched.filter(|e| e.world_size > 1) {
+                anyhow::bail!(
+                    "{} started this process as rank {} of {}: one process per rank needs the NCCL \
+                     backend, which this build does not have (build with --features cuda); on \
+                     one machine use `train --nproc {}` (ranks as threads, CPU collectives)",
+                    env.source,
+                    env.rank,
+                    env.world_size,
+                    env.world_size
+                );
+            }
+            train(&options)?;
         }
         Some(Command::Predict(p)) => {
             set_threads(p.common.threads)?;

@@ -5,15 +5,17 @@
 //! - [`Single`]: world size 1, every operation is the identity (the default run);
 //! - [`threads::ThreadGroup`]: ranks as threads of one process, exchanging host copies of the
 //!   tensors (tests, `train --nproc N` on CPU machines);
-//! - NCCL through cudarc, one process per GPU (behind the `cuda` feature): not written yet. What
-//!   it needs on the CPU side is here: [`launch`] (rank, world, rendezvous host from torchrun or
-//!   Slurm variables) and [`rendezvous`] (rank 0's NCCL unique id to every rank over TCP).
+//! - `nccl::NcclGroup`: NCCL through cudarc, one process per GPU (feature `cuda`; compiled,
+//!   never run yet), with [`launch`] (rank, world, rendezvous host from torchrun or Slurm
+//!   variables) and [`rendezvous`] (rank 0's NCCL unique id to every rank over TCP).
 //!
 //! Every operation is collective: all ranks call the same operations in the same order. A rank
 //! that does not arrive within the group's timeout makes the others fail with a
 //! [`CollectiveError`] naming it, never wait forever.
 
 pub mod launch;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod rendezvous;
 pub mod threads;
 
@@ -61,7 +63,9 @@ pub enum CollectiveError {
         world: usize,
         timeout: Duration,
     },
-    #[error("rank {rank}: {op} #{seq} cannot complete: rank {gone} left the group (it failed or ended)")]
+    #[error(
+        "rank {rank}: {op} #{seq} cannot complete: rank {gone} left the group (it failed or ended)"
+    )]
     RankLeft {
         rank: usize,
         op: &'static str,
@@ -122,7 +126,10 @@ pub fn broadcast_vars(comm: &dyn Collective, vars: &[(String, Var)]) -> Result<(
     let mut offset = 0;
     for (_, var) in vars {
         let n = var.elem_count();
-        let value = all.narrow(0, offset, n)?.reshape(var.shape())?.to_dtype(var.dtype())?;
+        let value = all
+            .narrow(0, offset, n)?
+            .reshape(var.shape())?
+            .to_dtype(var.dtype())?;
         var.set(&value)?;
         offset += n;
     }
@@ -144,7 +151,11 @@ pub fn all_reduce_sum_many(comm: &dyn Collective, tensors: &[Tensor]) -> Result<
     let mut out = Vec::with_capacity(tensors.len());
     for t in tensors {
         let n = t.elem_count();
-        out.push(all.narrow(0, offset, n)?.reshape(t.shape())?.to_dtype(t.dtype())?);
+        out.push(
+            all.narrow(0, offset, n)?
+                .reshape(t.shape())?
+                .to_dtype(t.dtype())?,
+        );
         offset += n;
     }
     Ok(out)
