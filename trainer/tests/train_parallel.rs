@@ -99,21 +99,10 @@ fn assert_same_steps(a: &Path, b: &Path, tolerance: f64) {
             (y.0, y.1, y.2, y.3),
             "step layout: {x:?} vs {y:?}"
         );
-        let rel = |p: f64, q: f64| (p - q).abs() / p.abs().max(1e-12);
-        assert!(
-            rel(x.4, y.4) < tolerance,
-            "step {}: loss {} vs {}",
-            x.0,
-            x.4,
-            y.4
-        );
-        assert!(
-            rel(x.5, y.5) < tolerance,
-            "step {}: grad norm {} vs {}",
-            x.0,
-            x.5,
-            y.5
-        );
+        for (what, p, q) in [("loss", x.4, y.4), ("grad norm", x.5, y.5)] {
+            let rel = (p - q).abs() / p.abs().max(1e-12);
+            assert!(rel < tolerance, "step {}: {what} {p} vs {q}", x.0);
+        }
     }
 }
 
