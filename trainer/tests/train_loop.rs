@@ -6,24 +6,13 @@ mod world;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 const TRAIN: &str = env!("CARGO_BIN_EXE_train");
 
-/// One world per test binary (building it trains a tokenizer and writes weights).
-fn shared_world() -> &'static world::World {
-    static WORLD: OnceLock<(tempfile::TempDir, world::World)> = OnceLock::new();
-    &WORLD
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let w = world::build(dir.path());
-            (dir, w)
-        })
-        .1
-}
+use world::shared as shared_world;
 
 fn train_cmd(args: &[&str]) -> Command {
     let mut cmd = Command::new(TRAIN);

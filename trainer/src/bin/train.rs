@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use roomplan_trainer::train::predict::{predict, PredictOptions};
 use roomplan_trainer::train::run::{train, TrainOptions};
+use roomplan_trainer::train::dist::launch;
 use roomplan_trainer::train::{pins, tiny, NonFinite, PinsFailed, EXIT_NON_FINITE, EXIT_PINS};
 
 /// Train the VGGT → Perceiver → Qwen3 + LoRA model on prepared shards.
@@ -21,7 +22,7 @@ use roomplan_trainer::train::{pins, tiny, NonFinite, PinsFailed, EXIT_NON_FINITE
     version,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    after_help = "Examples:\n  train tiny\n  train tiny --run-dir data/runs/t1 --max-steps 20 --set train.micro_batch=2\n  train tiny --run-dir data/runs/t1 --resume\n  train predict --run-dir data/runs/t1 --dataset data/shards/scanqa --split val --out preds.jsonl\n  train make-tiny --out data/models/tiny --dataset data/shards/scanqa --dataset data/shards/sqa3d"
+    after_help = "Examples:\n  train tiny\n  train tiny --run-dir data/runs/t1 --max-steps 20 --set train.micro_batch=2\n  train tiny --run-dir data/runs/t1 --resume\n  train tiny --nproc 2 --run-dir data/runs/t2   # 2 data-parallel ranks\n  train predict --run-dir data/runs/t1 --dataset data/shards/scanqa --split val --out preds.jsonl\n  train make-tiny --out data/models/tiny --dataset data/shards/scanqa --dataset data/shards/sqa3d"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -49,9 +50,18 @@ struct RunArgs {
     overrides: Vec<String>,
     #[command(flatten)]
     common: Common,
-    /// Threads decoding views in the background.
+    /// Threads decoding views in the background (per rank).
     #[arg(long, default_value_t = 2)]
     loader_threads: usize,
+    /// Data-parallel ranks on this machine. Without CUDA they run as threads of this process with
+    /// CPU collectives; each takes a disjoint slice of every global micro-batch
+    /// (train.micro_batch samples per rank), so the global batch grows with N.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    nproc: usize,
+    /// Seconds a rank waits for the others at a collective before failing with the missing
+    /// rank's number (must cover rank 0's evaluation and checkpoint writing).
+    #[arg(long, default_value_t = 1800, value_name = "SECONDS")]
+    dist_timeout: u64,
 }
 
 #[derive(Args, Debug)]
@@ -126,7 +136,8 @@ fn run(cli: Cli) -> Result<()> {
         None => {
             let r = cli.run;
             set_threads(r.common.threads)?;
-            train(&TrainOptions {
+            let launched = launch::from_env(|k| std::env::var(k).ok())?;
+            let options = TrainOptions {
                 experiment: r.experiment.expect("required by clap"),
                 run_dir: r.run_dir,
                 resume: r.resume,
@@ -136,7 +147,35 @@ fn run(cli: Cli) -> Result<()> {
                 no_hash_cache: r.common.no_hash_cache,
                 progress: !r.common.no_progress,
                 command_line: std::env::args().collect(),
-            })?;
+                nproc: r.nproc,
+                dist_timeout: Some(std::time::Duration::from_secs(r.dist_timeout)),
+            };
+            #[cfg(feature = "cuda")]
+            if let Some(env) = launched.as_ref().filter(|e| e.world_size > 1) {
+                anyhow::ensure!(
+                    r.nproc <= 1,
+                    "--nproc starts ranks itself; this process was launched as rank {} of {}",
+                    env.rank,
+                    env.world_size
+                );
+                let device = candle_core::Device::new_cuda(env.local_rank)?;
+                let timeout = std::time::Duration::from_secs(r.dist_timeout);
+                let comm = roomplan_trainer::train::dist::nccl::NcclGroup::join(env, &device, timeout)?;
+                roomplan_trainer::train::run::train_as_rank(&options, &comm, &device)?;
+                return Ok(());
+            }
+            if let Some(env) = launched.filter(|e| e.world_size > 1) {
+                anyhow::bail!(
+                    "{} started this process as rank {} of {}: one process per rank needs the NCCL \
+                     backend, which this build does not have (build with --features cuda); on \
+                     one machine use `train --nproc {}` (ranks as threads, CPU collectives)",
+                    env.source,
+                    env.rank,
+                    env.world_size,
+                    env.world_size
+                );
+            }
+            train(&options)?;
         }
         Some(Command::Predict(p)) => {
             set_threads(p.common.threads)?;

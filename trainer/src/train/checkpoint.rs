@@ -5,8 +5,9 @@
 //!   `base_model_name_or_path`, `adapter_model.safetensors`), loadable by
 //!   `AutoPeftModelForCausalLM.from_pretrained`;
 //! - `optimizer.safetensors`: AdamW moments and step counts;
-//! - `state.json` ([`TrainState`]): step, data cursor, schedule position and the seeds every
-//!   random stream derives from.
+//! - `state.json` ([`TrainState`]): step, the global data cursor (positions in the epoch's order
+//!   over all ranks), schedule position, global batch and the seed every random stream derives
+//!   from. Rank 0 alone writes checkpoints.
 //!
 //! A checkpoint is written into a temporary folder and renamed into place, so a folder named
 //! `step-…` is always complete; the newest K are kept.
@@ -43,6 +44,10 @@ pub struct TrainState {
     /// Every random stream derives from this seed and (purpose, step | epoch, position); no
     /// generator state needs saving beyond it.
     pub seed: u64,
+    /// Samples per optimizer step over all ranks (world size × micro-batch × accumulation); a
+    /// run may resume with another world size when it keeps this (absent in older checkpoints).
+    #[serde(default)]
+    pub global_batch: Option<u64>,
 }
 
 /// `step-000042`.

@@ -377,6 +377,25 @@ impl Loader {
         threads: usize,
         prefetch: usize,
     ) -> Result<Self> {
+        Self::start_sharded(corpus, cursor, micro_batch, 0, 1, threads, prefetch)
+    }
+
+    /// [`Loader::start`] for rank `rank` of `world` data-parallel ranks: the global micro-batch
+    /// is the next `world × micro_batch` slots of the epoch's order, and this rank takes its
+    /// `rank`-th slice of `micro_batch` slots. The cursor counts global positions, so it means
+    /// the same for any world size; an epoch's remainder smaller than a global micro-batch is
+    /// skipped. View dropout is seeded by the global position, whichever rank draws it.
+    pub fn start_sharded(
+        corpus: Arc<Corpus>,
+        cursor: Cursor,
+        micro_batch: usize,
+        rank: usize,
+        world: usize,
+        threads: usize,
+        prefetch: usize,
+    ) -> Result<Self> {
+        ensure!(rank < world, "rank {rank} of a world of {world}");
+        let global = micro_batch * world;
         for s in &corpus.sources {
             ensure!(
                 !s.train_rows.is_empty(),
@@ -386,8 +405,9 @@ impl Loader {
             );
         }
         ensure!(
-            corpus.epoch_len() >= micro_batch,
-            "the training mixture has {} samples, fewer than one micro-batch of {micro_batch}",
+            corpus.epoch_len() >= global,
+            "the training mixture has {} samples, fewer than one micro-batch of {micro_batch} \
+             on each of {world} rank(s)",
             corpus.epoch_len()
         );
         let pool = rayon::ThreadPoolBuilder::new()
@@ -401,8 +421,9 @@ impl Loader {
                 let mut cursor = cursor;
                 let mut order = corpus.epoch_order(cursor.epoch);
                 loop {
-                    if cursor.position + micro_batch > order.len() {
-                        // Only a cursor from elsewhere can point past the last whole batch.
+                    if cursor.position + global > order.len() {
+                        // Only a cursor from elsewhere (another world size, another micro-batch)
+                        // can point past the last whole batch.
                         cursor = Cursor {
                             epoch: cursor.epoch + 1,
                             position: 0,
@@ -411,8 +432,8 @@ impl Loader {
                     if cursor.position == 0 {
                         order = corpus.epoch_order(cursor.epoch);
                     }
-                    let slots: Vec<(usize, (usize, usize))> = (cursor.position
-                        ..cursor.position + micro_batch)
+                    let first = cursor.position + rank * micro_batch;
+                    let slots: Vec<(usize, (usize, usize))> = (first..first + micro_batch)
                         .map(|p| (p, order[p]))
                         .collect();
                     let epoch = cursor.epoch;
@@ -427,8 +448,8 @@ impl Loader {
                             })
                             .collect()
                     });
-                    cursor.position += micro_batch;
-                    if cursor.position + micro_batch > order.len() {
+                    cursor.position += global;
+                    if cursor.position + global > order.len() {
                         cursor = Cursor {
                             epoch: cursor.epoch + 1,
                             position: 0,

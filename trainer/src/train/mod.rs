@@ -1,10 +1,12 @@
 //! Training: experiment files ([`experiment`]) and their pins ([`pins`]), the shard loader
 //! ([`data`]), model assembly ([`setup`]), the optimizer and schedule ([`optim`]), the loop
 //! ([`run`]), checkpoints ([`checkpoint`]), metrics ([`metrics`]), evaluation and prediction
-//! ([`evaluate`], [`predict`]), and the generated models of the `tiny` experiment ([`tiny`]).
+//! ([`evaluate`], [`predict`]), data-parallel collectives and launch ([`dist`]), and the generated
+//! models of the `tiny` experiment ([`tiny`]).
 
 pub mod checkpoint;
 pub mod data;
+pub mod dist;
 pub mod evaluate;
 pub mod experiment;
 pub mod metrics;

@@ -244,10 +244,14 @@ impl AdamW {
     /// groups and variables (hyper-parameters may differ: a resumed run may change them). Nothing
     /// changes unless the whole file fits.
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let where_ = path.display();
         let bytes = std::fs::read(path)
-            .with_context(|| format!("{where_}: reading the optimizer state"))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .with_context(|| format!("{}: reading the optimizer state", path.display()))?;
+        self.load_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// [`AdamW::load`] from the bytes of such a file (`where_` names it in errors).
+    pub fn load_bytes(&mut self, bytes: &[u8], where_: &str) -> Result<()> {
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
             .with_context(|| format!("{where_}: not a safetensors file"))?;
         let meta = header.metadata().clone().unwrap_or_default();
         let format = meta.get("format").map(String::as_str).unwrap_or("(none)");
@@ -269,7 +273,7 @@ impl AdamW {
             .map(|s| s.var.device().clone())
             .next();
         let Some(device) = device else { return Ok(()) };
-        let mut tensors = candle_core::safetensors::load_buffer(&bytes, &device)
+        let mut tensors = candle_core::safetensors::load_buffer(bytes, &device)
             .with_context(|| format!("{where_}: reading tensors"))?;
         let steps: BTreeMap<&str, u64> = saved
             .iter()

@@ -179,6 +179,19 @@ eval:
     )
 }
 
+/// One world per test binary, in a temporary folder kept until the process ends (building it
+/// trains a tokenizer and writes weights).
+pub fn shared() -> &'static World {
+    static WORLD: std::sync::OnceLock<(tempfile::TempDir, World)> = std::sync::OnceLock::new();
+    &WORLD
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let w = build(dir.path());
+            (dir, w)
+        })
+        .1
+}
+
 /// Builds the world (6 rooms) under `root` and pins the experiment with the library's
 /// `pin_experiment`.
 pub fn build(root: &Path) -> World {
