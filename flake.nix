@@ -65,7 +65,8 @@
           # tokenizers' onig needs a C compiler (stdenv has one); cuda needs nvcc and the driver API at link time.
           nativeBuildInputs = [ pkgs.pkg-config ]
             ++ lib.optionals cuda [ pkgs.cudaPackages.cuda_nvcc ];
-          buildInputs = lib.optionals cuda [ pkgs.cudaPackages.cuda_cudart pkgs.cudaPackages.libcublas pkgs.cudaPackages.libcurand ];
+          # nccl: the cuda feature turns on candle-core/nccl (data-parallel all-reduce).
+          buildInputs = lib.optionals cuda [ pkgs.cudaPackages.cuda_cudart pkgs.cudaPackages.libcublas pkgs.cudaPackages.libcurand pkgs.cudaPackages.nccl ];
           buildFeatures = lib.optionals cuda [ "roomplan-trainer/cuda" ];
           doCheck = tests;
           cargoTestFlags = [ "--workspace" "--lib" "--bins" ]

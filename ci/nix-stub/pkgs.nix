@@ -19,7 +19,7 @@ in rec {
   python3 = { withPackages = f: drv "python3-env" { packages = f { pyarrow = tool "pyarrow"; }; }; };
   cudaPackages = {
     cuda_nvcc = unfree "cuda_nvcc"; cuda_cudart = unfree "cuda_cudart";
-    libcublas = unfree "libcublas"; libcurand = unfree "libcurand";
+    libcublas = unfree "libcublas"; libcurand = unfree "libcurand"; nccl = unfree "nccl";
   };
   mkShell = args: drv "shell" { passthru = args // { nixpkgsConfig = config; }; };
   makeRustPlatform = { rustc, cargo, ... }: {
