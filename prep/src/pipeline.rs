@@ -24,7 +24,7 @@ use crate::shard::{DatasetWriter, SampleRecord, SceneRecord, WriterOptions};
 /// Most views a scene may keep.
 pub const MAX_VIEWS: u32 = 32;
 
-/// A dataset split (ScanQA and SQA3D both have these three).
+/// A dataset split of SQA3D (ScanQA has its own, with two test sets: [`crate::scanqa::Split`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Split {

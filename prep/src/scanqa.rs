@@ -2,8 +2,9 @@
 //!
 //! Each split file is one JSON array. Train/val records carry `answers` (≥1) and optionally
 //! `object_ids`/`object_names`; test records carry only `question`, `question_id` and `scene_id`
-//! and are kept with an empty answers list. A record that does not fit becomes a reject naming its
-//! question id (or its position when it has none); the other records are unaffected.
+//! and are kept with an empty answers list; the two test sets (`test_w_obj`, `test_wo_obj`) are
+//! two splits. A record that does not fit becomes a reject naming its question id (or its position
+//! when it has none); the other records are unaffected.
 
 use std::collections::BTreeMap;
 
@@ -15,21 +16,52 @@ use crate::shard::SampleRecord;
 /// The task name of ScanQA samples.
 pub const TASK: &str = "scanqa";
 
-pub use crate::pipeline::Split;
+/// A ScanQA split. The release has two test sets with different questions, both without answers:
+/// `test_w_obj` and `test_wo_obj` (FORMATS.md §2.1); each is kept under its own split name.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, serde::Serialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    Train,
+    Val,
+    #[value(name = "test_w_obj")]
+    #[serde(rename = "test_w_obj")]
+    TestWObj,
+    #[value(name = "test_wo_obj")]
+    #[serde(rename = "test_wo_obj")]
+    TestWoObj,
+}
 
-/// The file of a split: `ScanQA_v1.0_{train,val,test_w_obj}.json` (the test file has questions
-/// only; answers are on the evaluation server).
+impl Split {
+    /// Every split, in file order.
+    pub const ALL: [Split; 4] = [Split::Train, Split::Val, Split::TestWObj, Split::TestWoObj];
+
+    /// The split's name in `samples.split` and in question ids (`<split>-sceneNNNN-<n>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::TestWObj => "test_w_obj",
+            Split::TestWoObj => "test_wo_obj",
+        }
+    }
+}
+
+/// The file of a split: `ScanQA_v1.0_{train,val,test_w_obj,test_wo_obj}.json` (the test files
+/// have questions only; answers are on the evaluation server).
 pub fn file_name(split: Split) -> &'static str {
     match split {
         Split::Train => "ScanQA_v1.0_train.json",
         Split::Val => "ScanQA_v1.0_val.json",
-        Split::Test => "ScanQA_v1.0_test_w_obj.json",
+        Split::TestWObj => "ScanQA_v1.0_test_w_obj.json",
+        Split::TestWoObj => "ScanQA_v1.0_test_wo_obj.json",
     }
 }
 
 /// Whether a split's records must carry answers.
 pub fn has_answers(split: Split) -> bool {
-    !matches!(split, Split::Test)
+    matches!(split, Split::Train | Split::Val)
 }
 
 /// One ScanQA question as read.
@@ -88,7 +120,9 @@ pub fn parse_split(bytes: &[u8], split: Split, file: &str) -> (Vec<ScanQaQuestio
         Ok(read) => crate::json_records::split_rejects(
             read,
             file,
-            |salvaged, index| salvaged.map_or_else(|| format!("record {index}"), |v| record_name(v, index)),
+            |salvaged, index| {
+                salvaged.map_or_else(|| format!("record {index}"), |v| record_name(v, index))
+            },
             &mut rejects,
         ),
         Err(reason) => {
@@ -150,9 +184,13 @@ pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
 
 fn parse_record(value: serde_json::Value, split: Split) -> Result<ScanQaQuestion, String> {
     if !value.is_object() {
-        return Err(format!("expected a question object, found {}", json_kind(&value)));
+        return Err(format!(
+            "expected a question object, found {}",
+            json_kind(&value)
+        ));
     }
-    let raw: RawRecord = serde_json::from_value(value).map_err(|e| format!("bad question record: {e}"))?;
+    let raw: RawRecord =
+        serde_json::from_value(value).map_err(|e| format!("bad question record: {e}"))?;
     if raw.question_id.is_empty() {
         return Err("question_id is empty".into());
     }
@@ -229,12 +267,28 @@ mod tests {
             (s.sample_id.as_str(), s.task.as_str(), s.split.as_str()),
             ("val-scene0011-0", "scanqa", "val")
         );
-        let test =
-            br#"[{"question": "Where is the sink?", "question_id": "test-scene0707-0", "scene_id": "scene0707_00"}]"#;
-        let (qs, rejects) = parse_split(test, Split::Test, "t");
-        assert!(rejects.is_empty());
-        assert_eq!(qs[0].answers, Vec::<String>::new());
-        assert_eq!(qs[0].object_ids, None);
+        for (split, name) in [
+            (Split::TestWObj, "test_w_obj"),
+            (Split::TestWoObj, "test_wo_obj"),
+        ] {
+            let test = br#"[{"question": "Where is the sink?", "question_id": "test-scene0707-0", "scene_id": "scene0707_00"}]"#;
+            let (qs, rejects) = parse_split(test, split, "t");
+            assert!(rejects.is_empty());
+            assert_eq!(qs[0].answers, Vec::<String>::new());
+            assert_eq!(qs[0].object_ids, None);
+            assert_eq!(qs[0].to_sample().split, name);
+        }
+        // Outside the test sets a question without answers is a reject.
+        let (qs, rejects) = parse_split(
+            br#"[{"question": "Q?", "question_id": "q", "scene_id": "scene0707_00"}]"#,
+            Split::Train,
+            "t",
+        );
+        assert!(qs.is_empty());
+        assert_eq!(
+            rejects[0].reason,
+            "the train split needs at least one answer, found none"
+        );
     }
 
     #[test]
@@ -251,7 +305,10 @@ mod tests {
         let (qs, rejects) = parse_split(bytes, Split::Val, F);
         assert_eq!(qs.len(), 1);
         assert_eq!(qs[0].question_id, "val-scene0001-4");
-        let got: Vec<(String, String)> = rejects.iter().map(|r| (r.record.clone(), r.reason.clone())).collect();
+        let got: Vec<(String, String)> = rejects
+            .iter()
+            .map(|r| (r.record.clone(), r.reason.clone()))
+            .collect();
         assert_eq!(
             got[0],
             (
@@ -268,13 +325,18 @@ mod tests {
         );
         assert_eq!(got[2].0, "val-scene0001-2");
         assert!(
-            got[2].1.starts_with("bad question record: invalid type: integer `7`"),
+            got[2]
+                .1
+                .starts_with("bad question record: invalid type: integer `7`"),
             "{}",
             got[2].1
         );
         assert_eq!(
             got[3],
-            ("record 5".into(), "expected a question object, found a number".into())
+            (
+                "record 5".into(),
+                "expected a question object, found a number".into()
+            )
         );
         assert_eq!(got[4].0, "val-scene0001-3");
         assert_eq!(
@@ -329,7 +391,10 @@ mod tests {
         assert_eq!(rejects[0].record, "record 0 and after");
         let (_, rejects) = parse_split(b"{}", Split::Train, F);
         assert_eq!(rejects[0].record, "whole file");
-        assert_eq!(rejects[0].reason, "expected a JSON array of records, found an object");
+        assert_eq!(
+            rejects[0].reason,
+            "expected a JSON array of records, found an object"
+        );
     }
 
     #[test]

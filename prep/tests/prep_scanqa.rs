@@ -31,13 +31,20 @@ fn snapshot_and_geometry_against_the_truth() {
     let raw = raw(&tmp);
     let out = tmp.path().join("out");
     let res = prep(&raw, &out, &["--threads", "2"]);
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     let stderr = String::from_utf8_lossy(&res.stderr);
     let dataset = Dataset::open(&out).unwrap();
     let digest = std::fs::read(out.join("manifest.json"))
         .map(|b| roomplan_prep::manifest::sha256_hex(&b))
         .unwrap();
-    assert!(stderr.contains(&format!("dataset digest {digest}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("dataset digest {digest}")),
+        "{stderr}"
+    );
     let counts = dataset.manifest().counts;
     assert_eq!(
         (counts.scenes, counts.samples, counts.views, counts.rejects),
@@ -118,15 +125,32 @@ fn snapshot_and_geometry_against_the_truth() {
         assert_eq!(g0.t, [0.0; 3]);
         // Its −Z is the first camera's viewing direction made horizontal: the camera's +z axis
         // (column 2 of R) has no reference-X component and points to −Z.
-        assert!(g0.r[2].abs() < 1e-6 && g0.r[8] < 0.0, "{id} first view R {:?}", g0.r);
+        assert!(
+            g0.r[2].abs() < 1e-6 && g0.r[8] < 0.0,
+            "{id} first view R {:?}",
+            g0.r
+        );
     }
+    let mut splits = BTreeSet::new();
     for i in 0..dataset.num_samples() {
         let s = dataset.sample(i).unwrap();
         assert_eq!(s.task, "scanqa");
         // Test questions are kept, without answers; the others have some.
-        assert_eq!(s.answers.is_empty(), s.split == "test", "{}", s.sample_id);
-        assert_eq!(s.object_ids.is_none(), s.split == "test");
+        let test = s.split == "test_w_obj" || s.split == "test_wo_obj";
+        assert_eq!(s.answers.is_empty(), test, "{}", s.sample_id);
+        assert_eq!(s.object_ids.is_none(), test);
+        assert!(
+            ["train", "val", "test_w_obj", "test_wo_obj"].contains(&s.split.as_str()),
+            "{}",
+            s.split
+        );
+        splits.insert(s.split.clone());
     }
+    // Both test sets are prepared, each under its own split.
+    assert_eq!(
+        splits,
+        BTreeSet::from(["test_w_obj", "test_wo_obj", "train", "val"].map(String::from))
+    );
 }
 
 fn check_faults(format: ScannetFormat) {
@@ -134,9 +158,14 @@ fn check_faults(format: ScannetFormat) {
     let raw = raw(&tmp);
     let out = tmp.path().join("out");
     let res = prep(&raw, &out, &["--threads", "2"]);
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     let expected = faults(&raw, &["scannet", "scanqa"]);
-    let got: BTreeSet<(String, String)> = rejects(&out).into_iter().map(|(f, r, _)| (f, r)).collect();
+    let got: BTreeSet<(String, String)> =
+        rejects(&out).into_iter().map(|(f, r, _)| (f, r)).collect();
     assert_eq!(got, expected, "rejects must be exactly the injected faults");
 
     let dataset = Dataset::open(&out).unwrap();
@@ -161,7 +190,12 @@ fn check_faults(format: ScannetFormat) {
     assert_eq!(bad.len(), 8);
     assert!(
         bad.iter().all(
-            |f| !["1", "2", "3", "4"][..if format == ScannetFormat::Export { 4 } else { 3 }].contains(&f.as_str())
+            |f| !["1", "2", "3", "4"][..if format == ScannetFormat::Export {
+                4
+            } else {
+                3
+            }]
+                .contains(&f.as_str())
         ),
         "{bad:?}"
     );
@@ -210,10 +244,16 @@ fn deterministic_with_one_or_two_threads() {
                 "coverage",
             ],
         );
-        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
         outputs.push(files(&out));
     }
-    assert!(outputs[0].iter().any(|(name, _)| name == "scenes-00000.arrow"));
+    assert!(outputs[0]
+        .iter()
+        .any(|(name, _)| name == "scenes-00000.arrow"));
     assert_eq!(outputs[0], outputs[1], "1 vs 2 threads");
     assert_eq!(outputs[1], outputs[2], "run twice");
 }
@@ -223,7 +263,9 @@ fn parts_merge_into_the_whole() {
     let tmp = synth(&small_config(ScannetFormat::Sens, true));
     let raw = raw(&tmp);
     let whole = tmp.path().join("whole");
-    assert!(prep(&raw, &whole, &["--image-width", "56"]).status.success());
+    assert!(prep(&raw, &whole, &["--image-width", "56"])
+        .status
+        .success());
     let parts: Vec<_> = (0..2)
         .map(|i| {
             let dir = tmp.path().join(format!("part{i}"));
@@ -239,7 +281,11 @@ fn parts_merge_into_the_whole() {
                     &i.to_string(),
                 ],
             );
-            assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+            assert!(
+                res.status.success(),
+                "{}",
+                String::from_utf8_lossy(&res.stderr)
+            );
             dir
         })
         .collect();
@@ -286,8 +332,12 @@ fn missing_inputs_are_errors_before_any_work() {
     );
     assert!(!out.exists());
     // Without the val split, the run works.
-    let res = prep(&raw, &out, &["--splits", "train,test"]);
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let res = prep(&raw, &out, &["--splits", "train,test_w_obj,test_wo_obj"]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     let dataset = Dataset::open(&out).unwrap();
     assert!((0..dataset.num_samples()).all(|i| dataset.sample(i).unwrap().split != "val"));
 }
@@ -304,15 +354,29 @@ fn kill_9_during_overwrite_leaves_the_previous_dataset_intact() {
     let raw = raw(&tmp);
     let out = tmp.path().join("out");
     let res = prep(&raw, &out, &["--threads", "1"]);
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     let old_digest = String::from_utf8(res.stdout).unwrap().trim().to_string();
     std::fs::write(out.join("my_features.arrow"), b"mine").unwrap();
     std::fs::write(out.join("notes.tmp"), b"notes").unwrap();
     // The replacement: other options, so another digest (computed in a folder of its own).
-    let new_args = ["--threads", "1", "--num-views", "4", "--view-selection", "coverage"];
+    let new_args = [
+        "--threads",
+        "1",
+        "--num-views",
+        "4",
+        "--view-selection",
+        "coverage",
+    ];
     let reference = prep(&raw, &tmp.path().join("reference"), &new_args);
     assert!(reference.status.success());
-    let new_digest = String::from_utf8(reference.stdout).unwrap().trim().to_string();
+    let new_digest = String::from_utf8(reference.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
     assert_ne!(old_digest, new_digest);
 
     let staging_prefix = ".out.prep-";
@@ -336,10 +400,12 @@ fn kill_9_during_overwrite_leaves_the_previous_dataset_intact() {
             .unwrap();
         // Wait until the run is writing (its staging folder exists), then a little more.
         let start = std::time::Instant::now();
-        while !std::fs::read_dir(tmp.path())
-            .unwrap()
-            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with(staging_prefix))
-        {
+        while !std::fs::read_dir(tmp.path()).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(staging_prefix)
+        }) {
             if child.try_wait().unwrap().is_some() || start.elapsed().as_secs() > 60 {
                 break;
             }
@@ -356,7 +422,10 @@ fn kill_9_during_overwrite_leaves_the_previous_dataset_intact() {
             report.digest
         );
         killed_mid_run += (report.digest == old_digest) as usize;
-        assert_eq!(std::fs::read(out.join("my_features.arrow")).unwrap(), b"mine");
+        assert_eq!(
+            std::fs::read(out.join("my_features.arrow")).unwrap(),
+            b"mine"
+        );
         assert_eq!(std::fs::read(out.join("notes.tmp")).unwrap(), b"notes");
         // Back to the old dataset for the next kill, unless the killed run had finished.
         if report.digest == new_digest {
@@ -368,10 +437,22 @@ fn kill_9_during_overwrite_leaves_the_previous_dataset_intact() {
     // Most kills hit the run before its end (how many depends on the machine's speed).
     assert!(killed_mid_run >= 1, "no kill landed before the run's end");
     let res = prep(&raw, &out, &[&["--overwrite"][..], &new_args[..]].concat());
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     assert_eq!(String::from_utf8(res.stdout).unwrap().trim(), new_digest);
-    assert_eq!(files(&out).into_iter().filter(|(n, _)| n.ends_with(".arrow") && n != "my_features.arrow").collect::<Vec<_>>(),
-        files(&tmp.path().join("reference")).into_iter().filter(|(n, _)| n.ends_with(".arrow")).collect::<Vec<_>>());
+    assert_eq!(
+        files(&out)
+            .into_iter()
+            .filter(|(n, _)| n.ends_with(".arrow") && n != "my_features.arrow")
+            .collect::<Vec<_>>(),
+        files(&tmp.path().join("reference"))
+            .into_iter()
+            .filter(|(n, _)| n.ends_with(".arrow"))
+            .collect::<Vec<_>>()
+    );
     let leftovers: Vec<String> = std::fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -393,10 +474,16 @@ fn out_inside_a_raw_input_folder_is_refused() {
         assert_eq!(res.status.code(), Some(2), "{}", out.display());
         let stderr = String::from_utf8_lossy(&res.stderr);
         assert!(
-            stderr.contains(&format!("--out {} is inside the raw input folder {root} ", out.display())),
+            stderr.contains(&format!(
+                "--out {} is inside the raw input folder {root} ",
+                out.display()
+            )),
             "{stderr}"
         );
-        assert!(stderr.trim_end().ends_with("; write the dataset elsewhere"), "{stderr}");
+        assert!(
+            stderr.trim_end().ends_with("; write the dataset elsewhere"),
+            "{stderr}"
+        );
     }
     assert!(!raw.join("scanqa/shards").exists() && !raw.join("scannet/scans/new").exists());
 }

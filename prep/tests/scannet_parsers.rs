@@ -162,7 +162,7 @@ proptest! {
         let array = serde_json::to_vec(&serde_json::json!([value.clone()])).unwrap();
         let (_, rejects) = scanqa::parse_split(&array, scanqa::Split::Val, "f");
         prop_assert!(rejects.iter().all(|r| r.file == "f"));
-        let _ = scanqa::parse_split(&text, scanqa::Split::Test, "f");
+        let _ = scanqa::parse_split(&text, scanqa::Split::TestWoObj, "f");
         let q = serde_json::to_vec(&serde_json::json!({"questions": [value.clone()]})).unwrap();
         let a = serde_json::to_vec(&serde_json::json!({"annotations": [value]})).unwrap();
         let _ = sqa3d::join_split(&q, "q", &a, "a", sqa3d::Split::Val);

@@ -9,9 +9,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use roomplan_prep::manifest::ToolInfo;
-use roomplan_prep::pipeline::{check_out_dir, 
-    exit_with, merge_arguments, reject_ids_across_files, run_scenes, CommonArgs, InputRoot, Prelude, SceneJob,
-    SceneOutput,
+use roomplan_prep::pipeline::{
+    check_out_dir, exit_with, merge_arguments, reject_ids_across_files, run_scenes, CommonArgs,
+    InputRoot, Prelude, SceneJob, SceneOutput,
 };
 use roomplan_prep::rejects::Reject;
 use roomplan_prep::scannet::{missing_scan_reason, prepare_scene, scan_exists};
@@ -33,13 +33,15 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     scannet: PathBuf,
 
-    /// ScanQA folder holding ScanQA_v1.0_train.json, ScanQA_v1.0_val.json and
-    /// ScanQA_v1.0_test_w_obj.json (only those of the chosen --splits are needed).
+    /// ScanQA folder holding ScanQA_v1.0_train.json, ScanQA_v1.0_val.json,
+    /// ScanQA_v1.0_test_w_obj.json and ScanQA_v1.0_test_wo_obj.json (only those of the chosen
+    /// --splits are needed).
     #[arg(long, value_name = "DIR")]
     scanqa: PathBuf,
 
-    /// Splits to prepare (comma-separated). Test questions have no answers and are kept as such.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Split::Train, Split::Val, Split::Test])]
+    /// Splits to prepare (comma-separated). The two test sets (test_w_obj, test_wo_obj) have
+    /// different questions and no answers; they are kept as such, each under its own split name.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Split::ALL)]
     splits: Vec<Split>,
 
     #[command(flatten)]
@@ -79,7 +81,10 @@ fn run(args: Args) -> Result<ExitCode> {
     let mut by_scene: BTreeMap<String, Vec<Question>> = BTreeMap::new();
     for (file, q) in questions {
         if scan_exists(&scannet, &q.scene_id) {
-            by_scene.entry(q.scene_id.clone()).or_default().push((file, q));
+            by_scene
+                .entry(q.scene_id.clone())
+                .or_default()
+                .push((file, q));
         } else {
             let reason = missing_scan_reason(&scannet, &q.scene_id);
             prelude
@@ -93,20 +98,33 @@ fn run(args: Args) -> Result<ExitCode> {
         .collect();
 
     let own = serde_json::json!({ "splits": splits });
-    let tool = ToolInfo::new(TOOL, env!("CARGO_PKG_VERSION"), merge_arguments(&args.common, own));
+    let tool = ToolInfo::new(
+        TOOL,
+        env!("CARGO_PKG_VERSION"),
+        merge_arguments(&args.common, own),
+    );
     let view_options = args.common.view_options();
     let out = args.common.out_dir("scanqa");
-    let summary = run_scenes(&args.common, &out, tool, prelude, jobs, |job| {
-        match prepare_scene(&scannet, &job.scene_id, &view_options) {
+    let summary = run_scenes(
+        &args.common,
+        &out,
+        tool,
+        prelude,
+        jobs,
+        |job| match prepare_scene(&scannet, &job.scene_id, &view_options) {
             Ok(prepared) => SceneOutput {
                 scene: Some(prepared.record),
                 samples: job.data.iter().map(|(_, q)| q.to_sample()).collect(),
                 rejects: prepared.rejects,
                 raw_inputs: prepared.raw_inputs,
             },
-            Err(failure) => failure.into_output(job.data.iter().map(|(file, q)| (file.clone(), q.question_id.clone()))),
-        }
-    })
+            Err(failure) => failure.into_output(
+                job.data
+                    .iter()
+                    .map(|(file, q)| (file.clone(), q.question_id.clone())),
+            ),
+        },
+    )
     .with_context(|| format!("writing {}", out.display()))?;
     Ok(summary.report(args.common.strict))
 }

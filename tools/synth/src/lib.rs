@@ -7,7 +7,7 @@
 //! faults.json    injected faults ([`Fault`]); [] unless `faults` is set
 //! scannet/scans/<scene>/<scene>.sens, <scene>.txt, <scene>_vh_clean_2.ply
 //! scannet/scans/<scene>/{color,depth,pose,intrinsic}/     (ScannetFormat::Export | Both)
-//! scanqa/ScanQA_v1.0_{train,val,test_w_obj}.json
+//! scanqa/ScanQA_v1.0_{train,val,test_w_obj,test_wo_obj}.json
 //! sqa3d/balanced/v1_balanced_{questions,sqa_annotations}_<split>_scannetv2.json
 //! sqa3d/bird/<scene>_bird.png
 //! arkitscenes/3dod/metadata.csv
@@ -981,19 +981,29 @@ fn write_question_files(
     faults: &mut Vec<Fault>,
 ) -> Result<(usize, usize)> {
     let mut scanqa: std::collections::BTreeMap<&str, Vec<serde_json::Value>> =
+        ["train", "val", "test_w_obj", "test_wo_obj"]
+            .iter()
+            .map(|s| (*s, vec![]))
+            .collect();
+    let mut sqa_q: std::collections::BTreeMap<&str, Vec<serde_json::Value>> =
         ["train", "val", "test"]
             .iter()
             .map(|s| (*s, vec![]))
             .collect();
-    let mut sqa_q: std::collections::BTreeMap<&str, Vec<serde_json::Value>> = scanqa.clone();
     let mut sqa_a = sqa_q.clone();
     for r in results {
         let t = &r.truth;
-        let split = t.splits.scanqa.as_str();
         let number = &t.scene_id[5..9];
         for (k, q) in r.scanqa.iter().enumerate() {
+            // ScanQA has two test sets with different questions: a test scene's questions
+            // alternate between them.
+            let split = match t.splits.scanqa.as_str() {
+                "test" if k % 2 == 0 => "test_w_obj",
+                "test" => "test_wo_obj",
+                other => other,
+            };
             let qid = format!("{split}-scene{number}-{k}");
-            let record = if split == "test" {
+            let record = if split.starts_with("test") {
                 json!({"question": q.question, "question_id": qid, "scene_id": t.scene_id})
             } else {
                 json!({
@@ -1080,7 +1090,8 @@ fn write_question_files(
     let names = [
         ("train", "ScanQA_v1.0_train.json"),
         ("val", "ScanQA_v1.0_val.json"),
-        ("test", "ScanQA_v1.0_test_w_obj.json"),
+        ("test_w_obj", "ScanQA_v1.0_test_w_obj.json"),
+        ("test_wo_obj", "ScanQA_v1.0_test_wo_obj.json"),
     ];
     let mut n_scanqa = 0;
     for (split, name) in names {
