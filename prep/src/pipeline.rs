@@ -25,7 +25,9 @@ use crate::shard::{DatasetWriter, SampleRecord, SceneRecord, WriterOptions};
 pub const MAX_VIEWS: u32 = 32;
 
 /// A dataset split of SQA3D (ScanQA has its own, with two test sets: [`crate::scanqa::Split`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, serde::Serialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Split {
     Train,
@@ -201,9 +203,11 @@ impl CommonArgs {
     }
 
     pub fn threads(&self) -> usize {
-        self.threads
-            .map(|t| t as usize)
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        self.threads.map(|t| t as usize).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
     }
 
     pub fn out_dir(&self, dataset: &str) -> PathBuf {
@@ -275,7 +279,8 @@ impl InputRoot {
 /// `path` made absolute with symbolic links resolved as far as it exists (the rest appended
 /// lexically), so that two spellings of one place compare equal.
 fn resolved(path: &Path) -> Result<PathBuf> {
-    let absolute = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    let absolute =
+        std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
     let mut existing = absolute.as_path();
     let mut rest = Vec::new();
     while !existing.exists() {
@@ -332,8 +337,26 @@ pub struct SceneOutput {
     /// `None` when the scene could not be prepared (then its samples are rejects too).
     pub scene: Option<SceneRecord>,
     pub samples: Vec<SampleRecord>,
+    /// The raw file each sample's values were read from (its question or annotation file), parallel
+    /// to `samples`, so that a sample the last gate rejects names it; empty when not given, and then
+    /// such a reject names the scene's raw inputs.
+    pub sample_files: Vec<String>,
     pub rejects: Vec<Reject>,
     pub raw_inputs: Vec<RawInput>,
+}
+
+/// How the last gate's rejects name a scene's raw inputs: the one file, or every file its values
+/// may have come from joined by ` + ` (the check says which value; the scene's files together
+/// hold it), or the scene id when none was recorded.
+pub fn raw_input_set(raw_inputs: &[RawInput], scene_id: &str) -> String {
+    match raw_inputs {
+        [] => scene_id.to_string(),
+        inputs => inputs
+            .iter()
+            .map(|i| i.path.as_str())
+            .collect::<Vec<_>>()
+            .join(" + "),
+    }
 }
 
 /// What a binary read before the scenes: inputs and rejects not produced by a scene job.
@@ -413,32 +436,43 @@ pub fn run_scenes<T: Sync>(
 
     let progress = indicatif::ProgressBar::new(jobs.len() as u64);
     progress.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} scenes {msg}")
-            .expect("the template is valid"),
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} scenes {msg}",
+        )
+        .expect("the template is valid"),
     );
     progress.set_prefix(tool.name.clone());
     run_ordered(&jobs, args.threads(), &process, |i, out: SceneOutput| {
         writer.rejects().extend(out.rejects);
         // The readers check what they read; this is the last gate before the shards: a scene or
         // sample with a non-finite or implausible number is rejected, never written.
-        let source = out
-            .raw_inputs
-            .first()
-            .map_or_else(|| jobs[i].scene_id.clone(), |input| input.path.clone());
-        raw_inputs.extend(out.raw_inputs);
+        // A scene's values come from several raw files (frames, poses, metadata): its reject names
+        // them all. A sample's come from its own question or annotation file when the binary says.
+        let scene_source = raw_input_set(&out.raw_inputs, &jobs[i].scene_id);
+        if !out.sample_files.is_empty() && out.sample_files.len() != out.samples.len() {
+            bail!(
+                "internal error: scene {} has {} samples but {} sample files",
+                jobs[i].scene_id,
+                out.samples.len(),
+                out.sample_files.len()
+            );
+        }
+        let sample_source = |k: usize| out.sample_files.get(k).unwrap_or(&scene_source).clone();
         if let Some(scene) = out.scene {
             if let Err(e) = scene.check() {
                 let reason = format!("scene {} rejected: {e}", scene.scene_id);
-                writer.reject(Reject::new(&source, &scene.scene_id, &reason));
-                for sample in out.samples {
-                    writer.reject(Reject::new(&source, &sample.sample_id, &reason));
+                writer.reject(Reject::new(&scene_source, &scene.scene_id, &reason));
+                for (k, sample) in out.samples.into_iter().enumerate() {
+                    writer.reject(Reject::new(sample_source(k), &sample.sample_id, &reason));
                 }
             } else {
                 writer.write_scene(scene)?;
-                for sample in out.samples {
+                for (k, sample) in out.samples.into_iter().enumerate() {
                     match sample.check() {
                         Ok(()) => writer.write_sample(sample)?,
-                        Err(e) => writer.reject(Reject::new(&source, &sample.sample_id, e)),
+                        Err(e) => {
+                            writer.reject(Reject::new(sample_source(k), &sample.sample_id, e))
+                        }
                     }
                 }
             }
@@ -448,6 +482,7 @@ pub fn run_scenes<T: Sync>(
                 jobs[i].scene_id
             );
         }
+        raw_inputs.extend(out.raw_inputs);
         progress.set_message(jobs[i].scene_id.clone());
         progress.inc(1);
         Ok(())
@@ -565,7 +600,9 @@ pub fn run_ordered<J: Sync, R: Send>(
                         if st.next_claim < st.next_write + window {
                             break;
                         }
-                        st = changed.wait(st).unwrap_or_else(|poison| poison.into_inner());
+                        st = changed
+                            .wait(st)
+                            .unwrap_or_else(|poison| poison.into_inner());
                     }
                     st.next_claim += 1;
                     st.next_claim - 1
@@ -582,7 +619,8 @@ pub fn run_ordered<J: Sync, R: Send>(
                             .cloned()
                             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                             .unwrap_or_else(|| "unknown panic".into());
-                        st.failure.get_or_insert(format!("job {index} panicked: {msg}"));
+                        st.failure
+                            .get_or_insert(format!("job {index} panicked: {msg}"));
                         st.stop = true;
                     }
                 }
@@ -602,7 +640,9 @@ pub fn run_ordered<J: Sync, R: Send>(
                     if let Some(failure) = &st.failure {
                         break Err(anyhow!("{failure}"));
                     }
-                    st = changed.wait(st).unwrap_or_else(|poison| poison.into_inner());
+                    st = changed
+                        .wait(st)
+                        .unwrap_or_else(|poison| poison.into_inner());
                 }
             };
             if let Err(e) = next.and_then(|r| write(index, r)) {
@@ -638,7 +678,12 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-            assert_eq!(seen, jobs.iter().map(|&j| (j as usize, j * j)).collect::<Vec<_>>());
+            assert_eq!(
+                seen,
+                jobs.iter()
+                    .map(|&j| (j as usize, j * j))
+                    .collect::<Vec<_>>()
+            );
         }
     }
 
@@ -680,6 +725,121 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.to_string(), "disk full");
         assert_eq!(written, 4);
+    }
+
+    /// The last gate's rejects name where the bad value came from: a scene's raw input set (not
+    /// just its first file), a sample's own question or annotation file when the binary gives it.
+    #[test]
+    fn last_gate_rejects_name_the_files_the_values_came_from() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            common: CommonArgs,
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "test".as_ref(),
+            "--threads".as_ref(),
+            "1".as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ])
+        .unwrap();
+        let (scenes, _, _) = crate::shard::example_records();
+        let sample = |id: &str, scene: &SceneRecord| {
+            SampleRecord::new(id, "scanqa", "val", &scene.scene_id, "Q?")
+        };
+        let inputs = |scene: &SceneRecord| {
+            vec![
+                raw_input_of_bytes(
+                    &format!("scannet:scans/{0}/{0}.txt", scene.scene_id),
+                    b"txt",
+                ),
+                raw_input_of_bytes(
+                    &format!("scannet:scans/{0}/{0}.sens", scene.scene_id),
+                    b"sens",
+                ),
+            ]
+        };
+        // Scene 0: a NaN focal length (it comes from the .sens, not the .txt listed first).
+        let mut bad_scene = scenes[0].clone();
+        bad_scene.views[0].geometry.as_mut().unwrap().k[0] = f32::NAN;
+        let a = SceneOutput {
+            samples: vec![sample("a-0", &bad_scene)],
+            sample_files: vec!["scanqa:ScanQA_v1.0_val.json".into()],
+            raw_inputs: inputs(&bad_scene),
+            scene: Some(bad_scene),
+            ..SceneOutput::default()
+        };
+        // Scenes 1 and 2: fine, each with a sample holding a non-unit heading; the binary names the
+        // first one's file, not the second one's.
+        let bad_sample = |id: &str, scene: &SceneRecord| {
+            let mut s = sample(id, scene);
+            s.agent = Some(crate::shard::AgentPose {
+                position_raw: [0.0; 3],
+                rotation_raw_xyzw: [0.0, 0.0, 0.0, 1.0],
+                position_ref: [0.0; 3],
+                heading_ref: [2.0, 0.0, 0.0],
+            });
+            s
+        };
+        let b = SceneOutput {
+            samples: vec![bad_sample("b-0", &scenes[1])],
+            sample_files: vec!["sqa3d:balanced/annotations.json".into()],
+            raw_inputs: inputs(&scenes[1]),
+            scene: Some(scenes[1].clone()),
+            ..SceneOutput::default()
+        };
+        let c = SceneOutput {
+            samples: vec![bad_sample("c-0", &scenes[2])],
+            raw_inputs: inputs(&scenes[2]),
+            scene: Some(scenes[2].clone()),
+            ..SceneOutput::default()
+        };
+        let jobs: Vec<SceneJob<SceneOutput>> = [a, b, c]
+            .into_iter()
+            .map(|o| SceneJob {
+                scene_id: o.scene.as_ref().unwrap().scene_id.clone(),
+                data: o,
+            })
+            .collect();
+        let tool = ToolInfo::new("test", "0", serde_json::json!({}));
+        run_scenes(&cli.common, &out, tool, Prelude::default(), jobs, |job| {
+            job.data.clone()
+        })
+        .unwrap();
+        let text = std::fs::read_to_string(out.join(crate::rejects::REJECTS_FILE)).unwrap();
+        let rejects: Vec<(String, String)> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["file"].as_str().unwrap().into(),
+                    v["record"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        let (s0, s2) = (&scenes[0].scene_id, &scenes[2].scene_id);
+        let set = |s: &str| format!("scannet:scans/{s}/{s}.txt + scannet:scans/{s}/{s}.sens");
+        let mut expected = vec![
+            (set(s0), s0.clone()),
+            ("scanqa:ScanQA_v1.0_val.json".to_string(), "a-0".to_string()),
+            (
+                "sqa3d:balanced/annotations.json".to_string(),
+                "b-0".to_string(),
+            ),
+            (set(s2), "c-0".to_string()),
+        ];
+        expected.sort();
+        assert_eq!(rejects, expected, "{text}");
+        assert!(
+            text.contains("NaN"),
+            "the reason names the bad value: {text}"
+        );
+        // The good scenes are written, the bad one is not.
+        let dataset = crate::shard::Dataset::open(&out).unwrap();
+        assert_eq!((dataset.num_scenes(), dataset.num_samples()), (2, 0));
     }
 
     #[test]

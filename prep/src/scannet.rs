@@ -1445,6 +1445,7 @@ impl SceneFailure {
         SceneOutput {
             scene: None,
             samples: vec![],
+            sample_files: vec![],
             rejects,
             raw_inputs: self.raw_inputs,
         }

@@ -115,6 +115,7 @@ fn run(args: Args) -> Result<ExitCode> {
             Ok(prepared) => SceneOutput {
                 scene: Some(prepared.record),
                 samples: job.data.iter().map(|(_, q)| q.to_sample()).collect(),
+                sample_files: job.data.iter().map(|(file, _)| file.clone()).collect(),
                 rejects: prepared.rejects,
                 raw_inputs: prepared.raw_inputs,
             },

@@ -9,14 +9,18 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use roomplan_prep::manifest::ToolInfo;
-use roomplan_prep::pipeline::{check_out_dir, 
-    exit_with, merge_arguments, raw_input_of_bytes, reject_ids_across_files, run_scenes, CommonArgs, InputRoot,
-    Prelude, SceneJob, SceneOutput,
+use roomplan_prep::pipeline::{
+    check_out_dir, exit_with, merge_arguments, raw_input_of_bytes, reject_ids_across_files,
+    run_scenes, CommonArgs, InputRoot, Prelude, SceneJob, SceneOutput,
 };
 use roomplan_prep::rejects::Reject;
-use roomplan_prep::scannet::{missing_scan_reason, prepare_scene, read_ply_bounds_hashed, scan_exists, SceneFailure};
+use roomplan_prep::scannet::{
+    missing_scan_reason, prepare_scene, read_ply_bounds_hashed, scan_exists, SceneFailure,
+};
 use roomplan_prep::shard::{ViewRecord, ENCODING_PNG};
-use roomplan_prep::sqa3d::{annotations_file, bird_file, join_split, questions_file, Split, Sqa3dQuestion};
+use roomplan_prep::sqa3d::{
+    annotations_file, bird_file, join_split, questions_file, Split, Sqa3dQuestion,
+};
 
 const TOOL: &str = "prep-sqa3d";
 
@@ -137,7 +141,11 @@ fn run(args: Args) -> Result<ExitCode> {
         .collect();
 
     let own = serde_json::json!({ "splits": splits, "bev": args.bev });
-    let tool = ToolInfo::new(TOOL, env!("CARGO_PKG_VERSION"), merge_arguments(&args.common, own));
+    let tool = ToolInfo::new(
+        TOOL,
+        env!("CARGO_PKG_VERSION"),
+        merge_arguments(&args.common, own),
+    );
     let view_options = args.common.view_options();
     let out = args.common.out_dir("sqa3d");
     let summary = run_scenes(&args.common, &out, tool, prelude, jobs, |job| {
@@ -165,7 +173,11 @@ fn run(args: Args) -> Result<ExitCode> {
             }
             Err(e) => {
                 let mut rejects = prepared.rejects;
-                let reason = format!("scene {} has no usable mesh centre: {}", job.scene_id, e.reason());
+                let reason = format!(
+                    "scene {} has no usable mesh centre: {}",
+                    job.scene_id,
+                    e.reason()
+                );
                 rejects.push(Reject::new(scannet.label(e.file()), e.record(), e.reason()));
                 let failure = SceneFailure {
                     rejects,
@@ -189,9 +201,16 @@ fn run(args: Args) -> Result<ExitCode> {
             .iter()
             .map(|q| q.q.to_sample(Some(q.q.agent(&centre, &prepared.reference))))
             .collect();
+        // The agent pose of a sample comes from its annotations file.
+        let sample_files = job
+            .data
+            .iter()
+            .map(|q| q.annotations_file.clone())
+            .collect();
         SceneOutput {
             scene: Some(prepared.record),
             samples,
+            sample_files,
             rejects: prepared.rejects,
             raw_inputs: prepared.raw_inputs,
         }
@@ -232,7 +251,11 @@ fn add_bird_view(
             encoding: ENCODING_PNG.to_string(),
             geometry: None,
         }),
-        Err(e) => rejects.push(Reject::new(label, "whole file", format!("not a decodable PNG: {e}"))),
+        Err(e) => rejects.push(Reject::new(
+            label,
+            "whole file",
+            format!("not a decodable PNG: {e}"),
+        )),
     }
 }
 
