@@ -62,7 +62,13 @@ struct Prediction {
 
 /// Fields of ScanQA's and SQA3D's annotation records: a record with one of these beside `answers`
 /// is an annotation (its `answers` are the references), not a prediction.
-const ANNOTATION_FIELDS: [&str; 5] = ["question", "object_ids", "object_names", "situation", "answer_type"];
+const ANNOTATION_FIELDS: [&str; 5] = [
+    "question",
+    "object_ids",
+    "object_names",
+    "situation",
+    "answer_type",
+];
 
 /// Where a prediction's texts are: a list (`answer_top10`, `answers`) or one text (`prediction`).
 const PREDICTION_FIELDS: [&str; 3] = ["answer_top10", "answers", "prediction"];
@@ -75,13 +81,19 @@ impl Prediction {
         let Value::Object(map) = value else {
             return Err("is not a JSON object".into());
         };
-        let ids: Vec<&str> = ["sample_id", "question_id"].into_iter().filter(|k| map.contains_key(*k)).collect();
+        let ids: Vec<&str> = ["sample_id", "question_id"]
+            .into_iter()
+            .filter(|k| map.contains_key(*k))
+            .collect();
         let sample_id = match ids.as_slice() {
             [key] => map[*key].clone(),
             [] => return Err("has no `sample_id` (or `question_id`)".into()),
             _ => return Err("has both `sample_id` and `question_id`; give one".into()),
         };
-        let fields: Vec<&str> = PREDICTION_FIELDS.into_iter().filter(|k| map.contains_key(*k)).collect();
+        let fields: Vec<&str> = PREDICTION_FIELDS
+            .into_iter()
+            .filter(|k| map.contains_key(*k))
+            .collect();
         let field = match fields.as_slice() {
             [field] => *field,
             [] => return Err("has neither `answer_top10`, `answers` nor `prediction`".into()),
@@ -170,29 +182,30 @@ fn read_predictions(path: &Path) -> Result<BTreeMap<String, Vec<String>>> {
     Ok(predictions)
 }
 
-/// The samples to score, each with its prediction; refuses missing and unknown ids.
-fn join(args: &EvalArgs, tasks: &[&str]) -> Result<Vec<(SampleRecord, Vec<String>)>> {
-    let dataset = Dataset::open(&args.dataset)
-        .with_context(|| format!("cannot open {}", args.dataset.display()))?;
-    let mut predictions = read_predictions(&args.predictions)?;
+/// Pairs every reference (a sample, or a question of the official files) with its prediction by
+/// id. Refuses references without a prediction and predictions without a reference: `plural` names
+/// the references in the first message ("samples"), `one` in the second ("question of ...").
+fn pair_with_predictions<T>(
+    predictions_path: &Path,
+    mut predictions: BTreeMap<String, Vec<String>>,
+    references: impl IntoIterator<Item = T>,
+    id: impl Fn(&T) -> &str,
+    plural: &str,
+    one: &str,
+) -> Result<Vec<(T, Vec<String>)>> {
     let mut joined = Vec::new();
     let mut missing = Vec::new();
-    for row in 0..dataset.num_samples() {
-        let sample = dataset.sample(row)?;
-        let in_split = args.split.as_ref().is_none_or(|s| *s == sample.split);
-        if !in_split || !tasks.contains(&sample.task.as_str()) {
-            continue;
-        }
-        match predictions.remove(&sample.sample_id) {
-            Some(p) => joined.push((sample, p)),
-            None => missing.push(sample.sample_id),
+    for reference in references {
+        match predictions.remove(id(&reference)) {
+            Some(p) => joined.push((reference, p)),
+            None => missing.push(id(&reference).to_string()),
         }
     }
     let first = |ids: Vec<String>| ids.into_iter().take(5).collect::<Vec<_>>().join(", ");
     if !missing.is_empty() {
         bail!(
-            "{}: no prediction for {} of the {} samples (first: {})",
-            args.predictions.display(),
+            "{}: no prediction for {} of the {} {plural} (first: {})",
+            predictions_path.display(),
             missing.len(),
             missing.len() + joined.len(),
             first(missing)
@@ -200,18 +213,45 @@ fn join(args: &EvalArgs, tasks: &[&str]) -> Result<Vec<(SampleRecord, Vec<String
     }
     if !predictions.is_empty() {
         bail!(
-            "{}: {} predictions name no {} sample{} of {} (first: {})",
-            args.predictions.display(),
+            "{}: {} predictions name no {one} (first: {})",
+            predictions_path.display(),
             predictions.len(),
-            tasks.join("/"),
-            args.split
-                .as_ref()
-                .map(|s| format!(" in split {s}"))
-                .unwrap_or_default(),
-            args.dataset.display(),
             first(predictions.into_keys().collect())
         );
     }
+    Ok(joined)
+}
+
+/// The samples to score, each with its prediction; refuses missing and unknown ids.
+fn join(args: &EvalArgs, tasks: &[&str]) -> Result<Vec<(SampleRecord, Vec<String>)>> {
+    let dataset = Dataset::open(&args.dataset)
+        .with_context(|| format!("cannot open {}", args.dataset.display()))?;
+    let predictions = read_predictions(&args.predictions)?;
+    let mut samples = Vec::new();
+    for row in 0..dataset.num_samples() {
+        let sample = dataset.sample(row)?;
+        let in_split = args.split.as_ref().is_none_or(|s| *s == sample.split);
+        if in_split && tasks.contains(&sample.task.as_str()) {
+            samples.push(sample);
+        }
+    }
+    let one = format!(
+        "{} sample{} of {}",
+        tasks.join("/"),
+        args.split
+            .as_ref()
+            .map(|s| format!(" in split {s}"))
+            .unwrap_or_default(),
+        args.dataset.display()
+    );
+    let joined = pair_with_predictions(
+        &args.predictions,
+        predictions,
+        samples,
+        |s| s.sample_id.as_str(),
+        "samples",
+        &one,
+    )?;
     if joined.is_empty() {
         bail!(
             "{}: no {} samples to score",

@@ -2,7 +2,6 @@
 //! (`--dataset`) or against the official annotation files (`--references`, as ScanQA's `score.py`
 //! does), with every question's scores on request (`--per-item`).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,7 +10,7 @@ use roomplan_eval::references::read_references;
 use roomplan_eval::table::{markdown, score_table, MeteorChoice, QaItem};
 use serde_json::json;
 
-use super::{join, read_predictions, EvalArgs};
+use super::{join, pair_with_predictions, read_predictions, EvalArgs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum MeteorMode {
@@ -67,41 +66,26 @@ pub struct QaArgs {
 /// prediction a question.
 fn join_references(args: &QaArgs) -> Result<Vec<QaItem>> {
     let references = read_references(&args.references)?;
-    let mut predictions: BTreeMap<String, Vec<String>> = read_predictions(&args.predictions)?;
-    let mut items = Vec::new();
-    let mut missing = Vec::new();
-    for r in references {
-        match predictions.remove(&r.id) {
-            Some(p) => items.push(QaItem {
-                task: r.task.to_string(),
-                id: r.id,
-                scene_id: r.scene_id,
-                question: r.question,
-                predictions: p,
-                answers: r.answers,
-            }),
-            None => missing.push(r.id),
-        }
-    }
-    let first = |ids: Vec<String>| ids.into_iter().take(5).collect::<Vec<_>>().join(", ");
-    if !missing.is_empty() {
-        bail!(
-            "{}: no prediction for {} of the {} questions of the reference files (first: {})",
-            args.predictions.display(),
-            missing.len(),
-            missing.len() + items.len(),
-            first(missing)
-        );
-    }
-    if !predictions.is_empty() {
-        bail!(
-            "{}: {} predictions name no question of the reference files (first: {})",
-            args.predictions.display(),
-            predictions.len(),
-            first(predictions.into_keys().collect())
-        );
-    }
-    Ok(items)
+    let predictions = read_predictions(&args.predictions)?;
+    let joined = pair_with_predictions(
+        &args.predictions,
+        predictions,
+        references,
+        |r| r.id.as_str(),
+        "questions of the reference files",
+        "question of the reference files",
+    )?;
+    Ok(joined
+        .into_iter()
+        .map(|(r, p)| QaItem {
+            task: r.task.to_string(),
+            id: r.id,
+            scene_id: r.scene_id,
+            question: r.question,
+            predictions: p,
+            answers: r.answers,
+        })
+        .collect())
 }
 
 fn join_dataset(args: &QaArgs, dataset: &std::path::Path) -> Result<Vec<QaItem>> {
