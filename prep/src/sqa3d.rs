@@ -24,17 +24,24 @@ pub use crate::pipeline::Split;
 
 /// `balanced/v1_balanced_questions_<split>_scannetv2.json`, relative to the SQA3D root.
 pub fn questions_file(split: Split) -> String {
-    format!("balanced/v1_balanced_questions_{}_scannetv2.json", split.name())
+    format!(
+        "balanced/v1_balanced_questions_{}_scannetv2.json",
+        split.name()
+    )
 }
 
 /// `balanced/v1_balanced_sqa_annotations_<split>_scannetv2.json`, relative to the SQA3D root.
 pub fn annotations_file(split: Split) -> String {
-    format!("balanced/v1_balanced_sqa_annotations_{}_scannetv2.json", split.name())
+    format!(
+        "balanced/v1_balanced_sqa_annotations_{}_scannetv2.json",
+        split.name()
+    )
 }
 
-/// `bird/<scene>_bird.png`, relative to the SQA3D root.
+/// `<scene>_bird.png`: a scene's bird's-eye render, in `bird/` of the SQA3D root or in the folder
+/// given by `--bev-dir`.
 pub fn bird_file(scene_id: &str) -> String {
-    format!("bird/{scene_id}_bird.png")
+    format!("{scene_id}_bird.png")
 }
 
 /// One SQA3D question joined with its annotation.
@@ -102,12 +109,19 @@ struct RawAnnotation {
 
 /// Reads the array under `key` of a top-level object record by record ([`crate::json_records`]):
 /// a record that is not valid JSON is one reject; a file without the array is one reject.
-fn records(bytes: &[u8], key: &str, file: &str, rejects: &mut Vec<Reject>) -> Vec<(usize, serde_json::Value)> {
+fn records(
+    bytes: &[u8],
+    key: &str,
+    file: &str,
+    rejects: &mut Vec<Reject>,
+) -> Vec<(usize, serde_json::Value)> {
     match crate::json_records::array_records(bytes, Some(key)) {
         Ok(read) => crate::json_records::split_rejects(
             read,
             file,
-            |salvaged, index| salvaged.map_or_else(|| format!("record {index}"), |v| record_name(v, index)),
+            |salvaged, index| {
+                salvaged.map_or_else(|| format!("record {index}"), |v| record_name(v, index))
+            },
             rejects,
         ),
         Err(reason) => {
@@ -132,21 +146,36 @@ fn parse_all<T: serde::de::DeserializeOwned>(
             rejects.push(Reject::new(
                 file,
                 record,
-                format!("expected a JSON object for the {what}, found {}", json_kind(&value)),
+                format!(
+                    "expected a JSON object for the {what}, found {}",
+                    json_kind(&value)
+                ),
             ));
             continue;
         }
         match serde_json::from_value::<T>(value) {
             Ok(parsed) => by_id.entry(id(&parsed)).or_default().push((index, parsed)),
-            Err(e) => rejects.push(Reject::new(file, record, format!("invalid {what} record: {e}"))),
+            Err(e) => rejects.push(Reject::new(
+                file,
+                record,
+                format!("invalid {what} record: {e}"),
+            )),
         }
     }
     by_id
 }
 
 /// Rejects every record of an id seen more than once (which one is right cannot be told).
-fn drop_duplicates<T>(by_id: &mut BTreeMap<i64, Vec<(usize, T)>>, file: &str, rejects: &mut Vec<Reject>) -> Vec<i64> {
-    let duplicated: Vec<i64> = by_id.iter().filter(|(_, v)| v.len() > 1).map(|(k, _)| *k).collect();
+fn drop_duplicates<T>(
+    by_id: &mut BTreeMap<i64, Vec<(usize, T)>>,
+    file: &str,
+    rejects: &mut Vec<Reject>,
+) -> Vec<i64> {
+    let duplicated: Vec<i64> = by_id
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(k, _)| *k)
+        .collect();
     for qid in &duplicated {
         let at = by_id.remove(qid).unwrap_or_default();
         let indices: Vec<String> = at.iter().map(|(i, _)| i.to_string()).collect();
@@ -178,10 +207,17 @@ pub fn join_split(
     let mut rejects = Vec::new();
     let q_values = records(questions, "questions", questions_file, &mut rejects);
     let a_values = records(annotations, "annotations", annotations_file, &mut rejects);
-    let mut qs = parse_all::<RawQuestion>(q_values, "question", questions_file, &mut rejects, |q| q.question_id);
-    let mut anns = parse_all::<RawAnnotation>(a_values, "annotation", annotations_file, &mut rejects, |a| {
-        a.question_id
-    });
+    let mut qs =
+        parse_all::<RawQuestion>(q_values, "question", questions_file, &mut rejects, |q| {
+            q.question_id
+        });
+    let mut anns = parse_all::<RawAnnotation>(
+        a_values,
+        "annotation",
+        annotations_file,
+        &mut rejects,
+        |a| a.question_id,
+    );
     // An id duplicated on one side leaves its partner(s) on the other side without a usable match.
     let dup_q = drop_duplicates(&mut qs, questions_file, &mut rejects);
     let dup_a = drop_duplicates(&mut anns, annotations_file, &mut rejects);
@@ -266,7 +302,9 @@ fn check(q: &RawQuestion, a: &RawAnnotation) -> Result<(), String> {
         return Err("annotation has no answers".into());
     }
     let p = [a.position.x, a.position.y, a.position.z];
-    if p.iter().any(|x| !x.is_finite() || x.abs() > crate::geometry::MAX_COORDINATE_M) {
+    if p.iter()
+        .any(|x| !x.is_finite() || x.abs() > crate::geometry::MAX_COORDINATE_M)
+    {
         return Err(format!(
             "position {p:?} is not finite or beyond {} m of the scene centre: not a plausible place",
             crate::geometry::MAX_COORDINATE_M
@@ -286,7 +324,10 @@ fn check(q: &RawQuestion, a: &RawAnnotation) -> Result<(), String> {
 impl Sqa3dQuestion {
     /// The agent's facing direction in the raw world (mesh) frame: R(q)·(−1, 0, 0).
     pub fn heading_world(&self) -> Vec3 {
-        mat3_vec(&quaternion_xyzw_to_matrix(&self.rotation_xyzw), &[-1.0, 0.0, 0.0])
+        mat3_vec(
+            &quaternion_xyzw_to_matrix(&self.rotation_xyzw),
+            &[-1.0, 0.0, 0.0],
+        )
     }
 
     /// The situation as given and in the sample's reference frame; `mesh_centre` is the
@@ -356,7 +397,10 @@ mod tests {
         );
         let (joined, rejects) = join_split(&qb, QF, &ab, AF, Split::Test);
         assert!(rejects.is_empty(), "{rejects:?}");
-        assert_eq!(joined.iter().map(|j| j.question_id).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            joined.iter().map(|j| j.question_id).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         assert_eq!(joined[0].position, [0.5, -0.25, 0.0]);
         assert_eq!(joined[0].rotation_xyzw, [0.0, 0.0, 0.0, 1.0]);
         assert_eq!(joined[0].answers, vec!["chair"]);
@@ -411,7 +455,10 @@ mod tests {
     fn bad_files_and_records() {
         let (_, rejects) = join_split(b"[]", QF, b"{\"annotations\": 3}", AF, Split::Val);
         assert_eq!(rejects[0].reason, "expected a JSON object, found an array");
-        assert_eq!(rejects[1].reason, "`annotations` is a number, expected an array");
+        assert_eq!(
+            rejects[1].reason,
+            "`annotations` is a number, expected an array"
+        );
         let mut bad = a(1, "scene0001_00");
         bad["rotation"] = serde_json::json!({"_x": 0, "_y": 0, "_z": 0});
         let (qb, ab) = files(vec![q(1, "scene0001_00")], vec![bad]);
@@ -424,7 +471,10 @@ mod tests {
             "{}",
             rejects[0].reason
         );
-        assert_eq!(rejects[1].reason, "no annotation with this question_id in sqa3d:a.json");
+        assert_eq!(
+            rejects[1].reason,
+            "no annotation with this question_id in sqa3d:a.json"
+        );
     }
 
     #[test]

@@ -166,6 +166,38 @@ fn faults_and_duplicates_are_rejected_exactly() {
     assert!((0..dataset.num_samples()).all(|i| dataset.sample(i).unwrap().sample_id != dup_id.to_string()));
 }
 
+/// SQA3D's real layout: the bird's-eye renders (bird.zip) beside `sqa_task/`, not in it. With
+/// `--bev-dir` they are found there and give the same scenes as the default layout; only the raw
+/// input labels differ.
+#[test]
+fn bird_views_from_a_folder_of_their_own() {
+    let tmp = synth(&small_config(ScannetFormat::Sens, false));
+    let raw = raw(&tmp);
+    let args = ["--threads", "2", "--num-views", "2", "--image-width", "56"];
+    let default_out = tmp.path().join("default");
+    let res = prep(&raw, &default_out, &[&["--bev"][..], &args].concat());
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let bird = tmp.path().join("bird");
+    std::fs::rename(raw.join("sqa3d/bird"), &bird).unwrap();
+    // The default layout is gone: --bev alone names the missing folder.
+    let res = prep(&raw, &tmp.path().join("missing"), &[&["--bev"][..], &args].concat());
+    assert_eq!(res.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&res.stderr).contains("bird"), "{}", String::from_utf8_lossy(&res.stderr));
+    let out = tmp.path().join("bev_dir");
+    let res = prep(&raw, &out, &[&["--bev-dir", path_arg(&bird)][..], &args].concat());
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let (a, b) = (Dataset::open(&default_out).unwrap(), Dataset::open(&out).unwrap());
+    assert_eq!(b.manifest().counts.rejects, 0);
+    assert_eq!(a.num_scenes(), b.num_scenes());
+    for i in 0..a.num_scenes() {
+        let (sa, sb) = (a.scene(i).unwrap(), b.scene(i).unwrap());
+        assert_eq!(sb.views.last().unwrap().frame_id, "bird");
+        assert_eq!(sa, sb);
+    }
+    let labels: Vec<String> = b.manifest().raw_inputs.iter().map(|r| r.path.clone()).collect();
+    assert!(labels.iter().any(|l| l.starts_with("bev-dir:scene") && l.ends_with("_bird.png")), "{labels:?}");
+}
+
 #[test]
 fn deterministic_with_one_or_two_threads() {
     let tmp = synth(&small_config(ScannetFormat::Export, true));

@@ -40,7 +40,7 @@ struct Args {
     scannet: PathBuf,
 
     /// SQA3D folder holding `balanced/v1_balanced_{questions,sqa_annotations}_<split>_scannetv2.json`
-    /// (and `bird/<scene>_bird.png` for --bev).
+    /// (and `bird/<scene>_bird.png` for --bev, unless --bev-dir names another folder).
     #[arg(long, value_name = "DIR")]
     sqa3d: PathBuf,
 
@@ -48,10 +48,15 @@ struct Args {
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Split::Train, Split::Val, Split::Test])]
     splits: Vec<Split>,
 
-    /// Add each scene's bird's-eye render `bird/<scene>_bird.png` as a last view, stored as given
+    /// Add each scene's bird's-eye render `<scene>_bird.png` as a last view, stored as given
     /// (PNG) and without geometry.
     #[arg(long)]
     bev: bool,
+
+    /// Folder holding the bird's-eye renders `<scene>_bird.png` (SQA3D ships them in bird.zip,
+    /// beside sqa_task/, not inside it) [default: `bird/` in --sqa3d]. Implies --bev.
+    #[arg(long, value_name = "DIR")]
+    bev_dir: Option<PathBuf>,
 
     #[command(flatten)]
     common: CommonArgs,
@@ -80,10 +85,24 @@ fn run(args: Args) -> Result<ExitCode> {
     let scannet = InputRoot::new("scannet", &args.scannet)?;
     scannet.require("scans")?;
     let sqa3d = InputRoot::new("sqa3d", &args.sqa3d)?;
-    check_out_dir(&args.common.out_dir("sqa3d"), &[&scannet, &sqa3d])?;
-    if args.bev {
-        sqa3d.require("bird")?;
-    }
+    // Where the bird's-eye renders are: a folder of their own, or `bird/` in the SQA3D folder.
+    let bev = match (&args.bev_dir, args.bev) {
+        (Some(dir), _) => Some(BirdViews {
+            root: InputRoot::new("bev-dir", dir)?,
+            sub: "",
+        }),
+        (None, true) => {
+            sqa3d.require("bird")?;
+            Some(BirdViews {
+                root: sqa3d.clone(),
+                sub: "bird",
+            })
+        }
+        (None, false) => None,
+    };
+    let mut roots = vec![&scannet, &sqa3d];
+    roots.extend(bev.as_ref().map(|b| &b.root));
+    check_out_dir(&args.common.out_dir("sqa3d"), &roots)?;
     let mut splits = args.splits.clone();
     splits.sort();
     splits.dedup();
@@ -187,9 +206,9 @@ fn run(args: Args) -> Result<ExitCode> {
                 return failure.into_output(samples());
             }
         };
-        if args.bev {
+        if let Some(bev) = &bev {
             add_bird_view(
-                &sqa3d,
+                bev,
                 &job.scene_id,
                 &mut prepared.record.views,
                 &mut prepared.rejects,
@@ -219,17 +238,23 @@ fn run(args: Args) -> Result<ExitCode> {
     Ok(summary.report(args.common.strict))
 }
 
+/// Where the bird's-eye renders are: `<root>/<sub>/<scene>_bird.png`.
+struct BirdViews {
+    root: InputRoot,
+    sub: &'static str,
+}
+
 /// Appends the scene's bird's-eye PNG as a view without geometry; a missing or unreadable image is
 /// a reject and the scene goes on without it.
 fn add_bird_view(
-    sqa3d: &InputRoot,
+    bev: &BirdViews,
     scene_id: &str,
     views: &mut Vec<ViewRecord>,
     rejects: &mut Vec<Reject>,
     raw_inputs: &mut Vec<roomplan_prep::manifest::RawInput>,
 ) {
-    let path = sqa3d.dir.join(bird_file(scene_id));
-    let label = sqa3d.label(&path);
+    let path = bev.root.dir.join(bev.sub).join(bird_file(scene_id));
+    let label = bev.root.label(&path);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) => {
