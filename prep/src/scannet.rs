@@ -1452,9 +1452,10 @@ impl SceneFailure {
     }
 }
 
-/// Whether `<root>/scans/<scene_id>` exists.
-pub fn scan_exists(root: &InputRoot, scene_id: &str) -> bool {
+/// Whether `<root>/scans/<scene_id>` (or, with `exports`, `<exports>/<scene_id>`) exists.
+pub fn scan_exists(root: &InputRoot, exports: Option<&InputRoot>, scene_id: &str) -> bool {
     root.dir.join("scans").join(scene_id).is_dir()
+        || exports.is_some_and(|e| e.dir.join(scene_id).is_dir())
 }
 
 /// The reason given to the samples of a scene that has no scan folder.
@@ -1663,12 +1664,14 @@ impl SceneReader<'_> {
     }
 }
 
-/// Prepares `<root>/scans/<scene_id>` (raw `.sens` or export folders): validates every frame's
-/// pose, selects and decodes `opts.num_views` views, stores them at the configured size with their
+/// Prepares `<root>/scans/<scene_id>` (raw `.sens` or export folders; with `exports`, the
+/// SensReader export `<exports>/<scene_id>/` when there is one): validates every frame's pose,
+/// selects and decodes `opts.num_views` views, stores them at the configured size with their
 /// geometry in the reference frame of the first one. Bad frames are rejects; the scene fails only
 /// when no view is left or the scan cannot be read at all.
 pub fn prepare_scene(
     root: &InputRoot,
+    exports: Option<&InputRoot>,
     scene_id: &str,
     opts: &ViewOptions,
 ) -> std::result::Result<PreparedScene, SceneFailure> {
@@ -1684,7 +1687,16 @@ pub fn prepare_scene(
             reason,
         }
     };
-    if !scan_dir.is_dir() {
+    // With --scannet-exports, the scene's SensReader export there is its frame source; otherwise
+    // the `.sens` or the export in `scans/<scene>/` (today's layouts).
+    let export_dir = exports
+        .map(|e| (e, e.dir.join(scene_id)))
+        .filter(|(_, dir)| ExportScan::is_export(dir));
+    let (source_root, source_dir) = match &export_dir {
+        Some((e, dir)) => (*e, dir.clone()),
+        None => (root, scan_dir.clone()),
+    };
+    if !scan_dir.is_dir() && export_dir.is_none() {
         let reject = Reject::new(root.label(&scan_dir), scene_id, "scan folder not found");
         return Err(fail(rejects, raw_inputs, reject));
     }
@@ -1710,10 +1722,10 @@ pub fn prepare_scene(
             Err(e) => rejects.push(Reject::new(root.label(&meta_path), "whole file", e.to_string())),
         }
     }
-    let (source, digest) = match ScanSource::open(&scan_dir, scene_id, true) {
+    let (source, digest) = match ScanSource::open(&source_dir, scene_id, true) {
         Ok(x) => x,
         Err(e) => {
-            let reject = Reject::new(root.label(e.file()), e.record(), e.reason());
+            let reject = Reject::new(source_root.label(e.file()), e.record(), e.reason());
             return Err(fail(rejects, raw_inputs, reject));
         }
     };
@@ -1722,7 +1734,7 @@ pub fn prepare_scene(
             let bytes = std::fs::metadata(r.path()).map(|m| m.len()).unwrap_or(0);
             let sha256 = hex::encode(digest.expect("opened with hashing"));
             raw_inputs.push(RawInput {
-                path: root.label(r.path()),
+                path: source_root.label(r.path()),
                 kind: RawInputKind::File,
                 sha256,
                 bytes,
@@ -1731,7 +1743,7 @@ pub fn prepare_scene(
                 let total = r.header().num_frames;
                 let kept = r.frames().len();
                 rejects.push(Reject::new(
-                    root.label(t.file()),
+                    source_root.label(t.file()),
                     t.record(),
                     format!(
                         "{}; frames {kept}..{total} are lost, frames 0..{kept} are used",
@@ -1742,10 +1754,10 @@ pub fn prepare_scene(
         }
         ScanSource::Export(_) => {
             for sub in EXPORT_FOLDERS {
-                match RawInput::listing(root.name, &root.dir, &scan_dir.join(sub)) {
+                match RawInput::listing(source_root.name, &source_root.dir, &source_dir.join(sub)) {
                     Ok(input) => raw_inputs.push(input),
                     Err(e) => {
-                        let reject = Reject::new(root.label(&scan_dir.join(sub)), "listing", e.to_string());
+                        let reject = Reject::new(source_root.label(&source_dir.join(sub)), "listing", e.to_string());
                         return Err(fail(rejects, raw_inputs, reject));
                     }
                 }
@@ -1772,7 +1784,7 @@ pub fn prepare_scene(
             for (field, check, what) in header_checks {
                 if let Err(e) = check {
                     let reject = Reject::new(
-                        root.label(r.path()),
+                        source_root.label(r.path()),
                         format!("header {field}"),
                         format!("{e} (the header's {what} size)"),
                     );
@@ -1796,7 +1808,7 @@ pub fn prepare_scene(
         ScanSource::Export(_) => meta_camera.map(|(w, h, _)| (w, h, format!("{meta_label} (colorWidth, colorHeight)"))),
     };
     let mut reader = SceneReader {
-        root,
+        root: source_root,
         k_color: mat3_of(&source.intrinsic_color()),
         k_depth: mat3_of(&source.intrinsic_depth()),
         color_size,
@@ -1817,7 +1829,7 @@ pub fn prepare_scene(
                     raw_c2w: raw,
                 }),
                 Err(e) => reader.rejects.push(Reject::new(
-                    root.label(&f.pose_file),
+                    source_root.label(&f.pose_file),
                     format!("frame {}", f.index),
                     e.to_string(),
                 )),
@@ -1831,7 +1843,7 @@ pub fn prepare_scene(
     let rejects = reader.rejects;
     let Some(first) = views.first() else {
         let reject = Reject::new(
-            root.label(&scan_dir),
+            source_root.label(&source_dir),
             scene_id,
             format!("no usable frame: none of its {total_frames} frames has a valid pose and decodable images"),
         );

@@ -342,6 +342,80 @@ fn missing_inputs_are_errors_before_any_work() {
     assert!((0..dataset.num_samples()).all(|i| dataset.sample(i).unwrap().split != "val"));
 }
 
+/// SensReader exports in a tree of their own (`--scannet-exports DIR`, `DIR/<scene>/color/...`)
+/// give the same scenes as exports inside `scans/<scene>/`; without the flag, such scans are
+/// rejects naming what is missing.
+#[test]
+fn exports_from_a_tree_of_their_own() {
+    let tmp = synth(&small_config(ScannetFormat::Export, false));
+    let raw = raw(&tmp);
+    let args = ["--threads", "2", "--num-views", "2", "--image-width", "56"];
+    let default_out = tmp.path().join("default");
+    let res = prep(&raw, &default_out, &args);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let exports = tmp.path().join("exports");
+    let scans = raw.join("scannet/scans");
+    let mut scenes = Vec::new();
+    for entry in std::fs::read_dir(&scans).unwrap() {
+        let scene = entry.unwrap().file_name();
+        std::fs::create_dir_all(exports.join(&scene)).unwrap();
+        for sub in ["color", "depth", "pose", "intrinsic"] {
+            std::fs::rename(scans.join(&scene).join(sub), exports.join(&scene).join(sub)).unwrap();
+        }
+        scenes.push(scene.into_string().unwrap());
+    }
+    assert_eq!(scenes.len(), 3);
+    let res = prep(&raw, &tmp.path().join("without"), &args);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let lost = rejects(&tmp.path().join("without"));
+    assert!(
+        lost.iter()
+            .any(|(_, _, reason)| reason.contains("neither") && reason.contains("export folders")),
+        "{lost:?}"
+    );
+    let out = tmp.path().join("exports_out");
+    let res = prep(
+        &raw,
+        &out,
+        &[&["--scannet-exports", path_arg(&exports)][..], &args].concat(),
+    );
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let (a, b) = (
+        Dataset::open(&default_out).unwrap(),
+        Dataset::open(&out).unwrap(),
+    );
+    assert_eq!(b.manifest().counts.rejects, 0);
+    assert_eq!(
+        (a.num_scenes(), a.num_samples()),
+        (b.num_scenes(), b.num_samples())
+    );
+    for i in 0..a.num_scenes() {
+        assert_eq!(a.scene(i).unwrap(), b.scene(i).unwrap());
+    }
+    let labels: Vec<String> = b
+        .manifest()
+        .raw_inputs
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
+    for scene in &scenes {
+        let prefix = format!("scannet-exports:{scene}/");
+        assert!(labels.iter().any(|l| l.starts_with(&prefix)), "{labels:?}");
+    }
+}
+
 /// kill -9 at several moments of an `--overwrite` run: the folder always holds the previous
 /// dataset or the new one, whole, with the user's own files; the next run cleans up what the
 /// killed one left and gives the same bytes as an uninterrupted run.

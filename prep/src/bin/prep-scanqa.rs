@@ -33,6 +33,12 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     scannet: PathBuf,
 
+    /// SensReader exports in a tree of their own: `<DIR>/<scene>/{color,depth,pose,intrinsic}/`
+    /// (reader.py's output); a scene found there is read from there [default: the `.sens` or the
+    /// export folders in `scans/<scene>/`].
+    #[arg(long, value_name = "DIR")]
+    scannet_exports: Option<PathBuf>,
+
     /// ScanQA folder holding ScanQA_v1.0_train.json, ScanQA_v1.0_val.json,
     /// ScanQA_v1.0_test_w_obj.json and ScanQA_v1.0_test_wo_obj.json (only those of the chosen
     /// --splits are needed).
@@ -55,8 +61,15 @@ fn run(args: Args) -> Result<ExitCode> {
     args.common.validate()?;
     let scannet = InputRoot::new("scannet", &args.scannet)?;
     scannet.require("scans")?;
+    let exports = args
+        .scannet_exports
+        .as_deref()
+        .map(|dir| InputRoot::new("scannet-exports", dir))
+        .transpose()?;
     let scanqa = InputRoot::new("scanqa", &args.scanqa)?;
-    check_out_dir(&args.common.out_dir("scanqa"), &[&scannet, &scanqa])?;
+    let mut roots = vec![&scannet, &scanqa];
+    roots.extend(exports.as_ref());
+    check_out_dir(&args.common.out_dir("scanqa"), &roots)?;
     let mut splits = args.splits.clone();
     splits.sort();
     splits.dedup();
@@ -80,7 +93,7 @@ fn run(args: Args) -> Result<ExitCode> {
 
     let mut by_scene: BTreeMap<String, Vec<Question>> = BTreeMap::new();
     for (file, q) in questions {
-        if scan_exists(&scannet, &q.scene_id) {
+        if scan_exists(&scannet, exports.as_ref(), &q.scene_id) {
             by_scene
                 .entry(q.scene_id.clone())
                 .or_default()
@@ -111,7 +124,7 @@ fn run(args: Args) -> Result<ExitCode> {
         tool,
         prelude,
         jobs,
-        |job| match prepare_scene(&scannet, &job.scene_id, &view_options) {
+        |job| match prepare_scene(&scannet, exports.as_ref(), &job.scene_id, &view_options) {
             Ok(prepared) => SceneOutput {
                 scene: Some(prepared.record),
                 samples: job.data.iter().map(|(_, q)| q.to_sample()).collect(),

@@ -39,6 +39,12 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     scannet: PathBuf,
 
+    /// SensReader exports in a tree of their own: `<DIR>/<scene>/{color,depth,pose,intrinsic}/`
+    /// (reader.py's output); a scene found there is read from there [default: the `.sens` or the
+    /// export folders in `scans/<scene>/`].
+    #[arg(long, value_name = "DIR")]
+    scannet_exports: Option<PathBuf>,
+
     /// SQA3D folder holding `balanced/v1_balanced_{questions,sqa_annotations}_<split>_scannetv2.json`
     /// (and `bird/<scene>_bird.png` for --bev, unless --bev-dir names another folder).
     #[arg(long, value_name = "DIR")]
@@ -84,6 +90,11 @@ fn run(args: Args) -> Result<ExitCode> {
     args.common.validate()?;
     let scannet = InputRoot::new("scannet", &args.scannet)?;
     scannet.require("scans")?;
+    let exports = args
+        .scannet_exports
+        .as_deref()
+        .map(|dir| InputRoot::new("scannet-exports", dir))
+        .transpose()?;
     let sqa3d = InputRoot::new("sqa3d", &args.sqa3d)?;
     // Where the bird's-eye renders are: a folder of their own, or `bird/` in the SQA3D folder.
     let bev = match (&args.bev_dir, args.bev) {
@@ -101,6 +112,7 @@ fn run(args: Args) -> Result<ExitCode> {
         (None, false) => None,
     };
     let mut roots = vec![&scannet, &sqa3d];
+    roots.extend(exports.as_ref());
     roots.extend(bev.as_ref().map(|b| &b.root));
     check_out_dir(&args.common.out_dir("sqa3d"), &roots)?;
     let mut splits = args.splits.clone();
@@ -143,7 +155,7 @@ fn run(args: Args) -> Result<ExitCode> {
     let mut by_scene: BTreeMap<String, Vec<Question>> = BTreeMap::new();
     for (_, question) in joined {
         let scene = question.q.scene_id.clone();
-        if scan_exists(&scannet, &scene) {
+        if scan_exists(&scannet, exports.as_ref(), &scene) {
             by_scene.entry(scene).or_default().push(question);
         } else {
             let reason = missing_scan_reason(&scannet, &scene);
@@ -169,10 +181,11 @@ fn run(args: Args) -> Result<ExitCode> {
     let out = args.common.out_dir("sqa3d");
     let summary = run_scenes(&args.common, &out, tool, prelude, jobs, |job| {
         let samples = || job.data.iter().flat_map(Question::records);
-        let mut prepared = match prepare_scene(&scannet, &job.scene_id, &view_options) {
-            Ok(p) => p,
-            Err(failure) => return failure.into_output(samples()),
-        };
+        let mut prepared =
+            match prepare_scene(&scannet, exports.as_ref(), &job.scene_id, &view_options) {
+                Ok(p) => p,
+                Err(failure) => return failure.into_output(samples()),
+            };
         // The situation frame is centred on the mesh's bounding box: without the mesh, no sample
         // can be placed.
         let ply = scannet
