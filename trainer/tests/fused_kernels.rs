@@ -240,3 +240,178 @@ fn key_mask_is_causal_and_hides_padding_keys() {
     assert_eq!(bias[0], vec![vec![x, o, x], vec![x, o, o]]);
     assert_eq!(bias[1], vec![vec![o, o, x], vec![o, o, o]]);
 }
+
+/// Fused and composite SwiGLU gating on the same variables: values and both gradients. Gates span
+/// ±6 so SiLU's curved part and both tails are exercised.
+fn check_swiglu(shape: &[usize], seed: u64) {
+    let gate = Var::from_tensor(&(random(shape, seed) * 6.0).unwrap()).unwrap();
+    let up = var(shape, seed + 1);
+    let weights = random(shape, seed + 2);
+    let run = |fused: bool| {
+        let y = if fused {
+            kernels::swiglu_fused(&gate, &up).unwrap()
+        } else {
+            kernels::swiglu_composite(&gate, &up).unwrap()
+        };
+        let grads = (&y * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g = |x: &Var| grads.get(x.as_tensor()).unwrap().clone();
+        (y, g(&gate), g(&up))
+    };
+    let (y_f, gg_f, gu_f) = run(true);
+    let (y_c, gg_c, gu_c) = run(false);
+    assert!(
+        diff(&y_f, &y_c) <= 1e-6,
+        "{shape:?}: values {}",
+        diff(&y_f, &y_c)
+    );
+    assert!(
+        diff(&gg_f, &gg_c) <= 1e-6,
+        "{shape:?}: grad gate {}",
+        diff(&gg_f, &gg_c)
+    );
+    assert!(
+        diff(&gu_f, &gu_c) <= 1e-6,
+        "{shape:?}: grad up {}",
+        diff(&gu_f, &gu_c)
+    );
+    assert!(abs_max(&gg_c) > 1e-2 && abs_max(&gu_c) > 1e-2);
+}
+
+#[test]
+fn swiglu_matches_composite_values_and_grads() {
+    check_swiglu(&[2, 7, 33], 1);
+    // More elements than one parallel chunk (16384), with a partial last chunk.
+    check_swiglu(&[3, 40, 150], 2);
+}
+
+#[test]
+fn swiglu_spares_untracked_operands_and_refuses_other_shapes() {
+    let gate = var(&[2, 3, 8], 1);
+    let up = random(&[2, 3, 8], 2);
+    let y = kernels::swiglu_fused(&gate, &up).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(gate.as_tensor()).is_some());
+    assert_eq!(grads.get_ids().count(), 1);
+    // Only up tracked: its gradient alone, silu(gate) · 1.
+    let gate_c = random(&[2, 3, 8], 3);
+    let up_v = var(&[2, 3, 8], 4);
+    let y = kernels::swiglu_fused(&gate_c, &up_v).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(grads.get_ids().count(), 1);
+    let want = gate_c.silu().unwrap();
+    assert!(diff(grads.get(up_v.as_tensor()).unwrap(), &want) <= 1e-7);
+    let err = kernels::swiglu_fused(&gate, &random(&[2, 3, 9], 5)).unwrap_err();
+    assert!(err.to_string().contains("differ in shape"), "{err}");
+}
+
+/// cos/sin tables `[rows, 1, T, D]` of the Qwen3 kind (frequency i % (D/2)) for per-row positions.
+fn rope_tables(positions: &[Vec<usize>], d: usize) -> (Tensor, Tensor) {
+    let half = d / 2;
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for row in positions {
+        for &p in row {
+            for i in 0..d {
+                let angle = p as f32 * 10000f32.powf(-((i % half) as f32) / half as f32);
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+    }
+    let shape = (positions.len(), 1, positions[0].len(), d);
+    (
+        Tensor::from_vec(cos, shape, &Device::Cpu).unwrap(),
+        Tensor::from_vec(sin, shape, &Device::Cpu).unwrap(),
+    )
+}
+
+/// Fused and composite RoPE of `x` `[B, T, H, D]`: the same `[B, H, T, D]` values (bit for bit:
+/// the same products and sums) and the same input gradient.
+fn check_rope(b: usize, t: usize, h: usize, d: usize, per_row_tables: bool, seed: u64) {
+    let positions: Vec<Vec<usize>> = (0..if per_row_tables { b } else { 1 })
+        .map(|r| (0..t).map(|i| i + 3 * r).collect())
+        .collect();
+    let (cos, sin) = rope_tables(&positions, d);
+    let x = var(&[b, t, h, d], seed);
+    let weights = random(&[b, h, t, d], seed + 1);
+    let run = |fused: bool| {
+        let y = if fused {
+            kernels::rope_fused(&x, &cos, &sin).unwrap()
+        } else {
+            kernels::rope_composite(&x, &cos, &sin).unwrap()
+        };
+        let grads = (&y * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        (y, grads.get(x.as_tensor()).unwrap().clone())
+    };
+    let (y_f, g_f) = run(true);
+    let (y_c, g_c) = run(false);
+    let ctx = format!("b {b} t {t} h {h} d {d} per-row {per_row_tables}");
+    assert_eq!(y_f.dims(), [b, h, t, d], "{ctx}");
+    assert_eq!(diff(&y_f, &y_c), 0.0, "{ctx}: values");
+    assert!(diff(&g_f, &g_c) <= 1e-6, "{ctx}: grad {}", diff(&g_f, &g_c));
+    assert!(abs_max(&g_c) > 1e-2);
+}
+
+#[test]
+fn rope_matches_composite_values_and_grads() {
+    check_rope(2, 9, 3, 8, false, 1);
+    check_rope(3, 5, 2, 6, true, 2); // a table per row (padded batches)
+    check_rope(1, 1, 4, 32, true, 3); // one decoding step
+}
+
+#[test]
+fn rope_refuses_tables_of_another_shape() {
+    let (cos, sin) = rope_tables(&[(0..5).collect()], 8);
+    let x = random(&[2, 6, 3, 8], 1);
+    let err = kernels::rope_fused(&x, &cos, &sin).unwrap_err();
+    assert!(err.to_string().contains("rope: tables"), "{err}");
+}
+
+#[test]
+fn cross_entropy_matches_composite_value_and_grad() {
+    // More rows than one parallel chunk (16), logits of a few units.
+    let (n, v) = (37, 50);
+    let logits = Var::from_tensor(&(random(&[n, v], 1) * 4.0).unwrap()).unwrap();
+    let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7) % v as u32).collect();
+    let run = |fused: bool| {
+        let loss = if fused {
+            kernels::cross_entropy_fused(&logits, &targets).unwrap()
+        } else {
+            kernels::cross_entropy_composite(&logits, &targets).unwrap()
+        };
+        // A non-unit upstream gradient, as when the loss is scaled.
+        let grads = (&loss * 3.0).unwrap().backward().unwrap();
+        (loss, grads.get(logits.as_tensor()).unwrap().clone())
+    };
+    let (loss_f, g_f) = run(true);
+    let (loss_c, g_c) = run(false);
+    assert_eq!(loss_f.dims(), loss_c.dims());
+    let (lf, lc) = (
+        loss_f.to_scalar::<f32>().unwrap(),
+        loss_c.to_scalar::<f32>().unwrap(),
+    );
+    assert!((lf - lc).abs() <= 1e-5 * lc.abs(), "loss {lf} vs {lc}");
+    assert!(diff(&g_f, &g_c) <= 1e-6, "grad {}", diff(&g_f, &g_c));
+    assert!(abs_max(&g_c) > 1e-3);
+}
+
+#[test]
+fn cross_entropy_refuses_bad_targets() {
+    let logits = random(&[3, 5], 1);
+    let err = kernels::cross_entropy_fused(&logits, &[0, 5, 1]).unwrap_err();
+    assert!(
+        err.to_string().contains("target 5 outside the 5 classes"),
+        "{err}"
+    );
+    let err = kernels::cross_entropy_fused(&logits, &[0, 1]).unwrap_err();
+    assert!(err.to_string().contains("2 targets for 3 rows"), "{err}");
+}

@@ -8,26 +8,35 @@
 //! output. Keys and values stay at their own head count (GQA without `repeat_kv` copies), and
 //! masked keys (later positions, padding) are skipped rather than multiplied by zero.
 //!
-//! [`rms_norm`] is one pass forward and one backward instead of six element-wise ops.
+//! [`rms_norm`] is one pass forward and one backward instead of six element-wise ops; [`swiglu`]
+//! (`silu(gate) ⊙ up`) one pass instead of SiLU's, the product's and SiLU's eight-op backward;
+//! [`rope`] rotates `[B, T, H, D]` projections straight into the `[B, H, T, D]` layout attention
+//! reads, instead of a transpose, a copy, a concatenation and four element-wise ops;
+//! [`cross_entropy`] is the mean negative log-likelihood in one pass over the logits and a backward
+//! of `softmax − one-hot` in one more, instead of log-softmax's and the gather's ops.
 //!
-//! Both run only on the CPU in f32: on another device or dtype they fall back to the composite
+//! All run only on the CPU in f32: on another device or dtype they fall back to the composite
 //! version (the same graph as before, so `cuda` builds and runs unchanged). Their backward spares
 //! operands that do not track gradients, like [`crate::model::frozen`].
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor, D,
+};
 use rayon::prelude::*;
 
 use crate::model::frozen;
 
 /// Which keys each query sees: query i of a row sits at key index `offset + i` and sees key j
 /// when j ≤ offset + i and key j is a real token; a padding query always sees itself, so no row is
-/// entirely masked (its output is unused but stays finite).
+/// entirely masked (its output is unused but stays finite). [`KeyMask::full`] is the non-causal
+/// mask of encoders (every query sees every key).
 #[derive(Debug, Clone)]
 pub struct KeyMask {
     key_valid: Arc<Vec<Vec<bool>>>,
     offset: usize,
+    causal: bool,
 }
 
 impl KeyMask {
@@ -44,7 +53,17 @@ impl KeyMask {
         Ok(Self {
             key_valid: Arc::new(key_valid),
             offset,
+            causal: true,
         })
+    }
+
+    /// Every query of each of `batch` rows sees all `keys` keys (queries = keys, no padding).
+    pub fn full(batch: usize, keys: usize) -> Self {
+        Self {
+            key_valid: Arc::new(vec![vec![true; keys]; batch]),
+            offset: 0,
+            causal: false,
+        }
     }
 
     pub fn batch(&self) -> usize {
@@ -61,6 +80,9 @@ impl KeyMask {
 
     #[inline]
     fn visible(&self, b: usize, i: usize, j: usize) -> bool {
+        if !self.causal {
+            return true;
+        }
         let qi = self.offset + i;
         (j <= qi && self.key_valid[b][j]) || j == qi
     }
@@ -223,6 +245,17 @@ fn tensor_vec(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.contiguous()?.flatten_all()?.to_vec1::<f32>()
 }
 
+/// Runs `f` on the f32 CPU data of `t` (made contiguous first if it is not), without copying a
+/// tensor that already is: what a backward reads its saved inputs through.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => Ok(f(cpu_slice(s, layout, "fused kernel backward")?)),
+        _ => candle_core::bail!("fused kernel backward: CPU tensors only"),
+    }
+}
+
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -326,7 +359,11 @@ const QUERY_BLOCK: usize = 64;
 impl FusedAttention {
     /// Keys that queries `i0..i0+bq` can see at all (causality): `0..n`.
     fn keys_for(&self, i0: usize, bq: usize) -> usize {
-        (self.mask.offset + i0 + bq).min(self.dims.tk)
+        if self.mask.causal {
+            (self.mask.offset + i0 + bq).min(self.dims.tk)
+        } else {
+            self.dims.tk
+        }
     }
 
     /// Probabilities of queries `i0..i0+bq` (row `b`) over keys `0..nk` into `p` `[bq, nk]`:
@@ -336,13 +373,20 @@ impl FusedAttention {
         mm((bq, nk, d), p, nk, false, q, Mat::transposed(keys, d));
         for (r, row) in p.chunks_exact_mut(nk).enumerate() {
             let mut max = f32::NEG_INFINITY;
-            for (j, s) in row.iter_mut().enumerate() {
-                *s = if self.mask.visible(b, i0 + r, j) {
-                    *s * self.scale
-                } else {
-                    f32::NEG_INFINITY
-                };
-                max = max.max(*s);
+            if self.mask.causal {
+                for (j, s) in row.iter_mut().enumerate() {
+                    *s = if self.mask.visible(b, i0 + r, j) {
+                        *s * self.scale
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                    max = max.max(*s);
+                }
+            } else {
+                for s in row.iter_mut() {
+                    *s *= self.scale;
+                    max = max.max(*s);
+                }
             }
             let mut sum = 0f32;
             for s in row.iter_mut() {
@@ -660,5 +704,394 @@ impl CustomOp2 for FusedRmsNorm {
             None
         };
         Ok((gx, gw))
+    }
+}
+
+/// Elements per parallel task of the element-wise kernels.
+const ELEMENT_CHUNK: usize = 1 << 14;
+
+/// `silu(gate) ⊙ up`, the gating of a SwiGLU MLP (`silu(x) = x·σ(x)`), for tensors of one shape.
+/// Fused on the CPU in f32 (it keeps gate and up for the backward, not SiLU's output as well),
+/// composite elsewhere.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    if is_cpu_f32(&[gate, up]) {
+        swiglu_fused(gate, up)
+    } else {
+        swiglu_composite(gate, up)
+    }
+}
+
+/// The composite SwiGLU gating: candle's SiLU, then the product.
+pub fn swiglu_composite(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    frozen::broadcast_mul(&gate.silu()?, up)
+}
+
+/// The fused SwiGLU gating on any device (errors off the CPU / f32): exposed for tests.
+pub fn swiglu_fused(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    if gate.shape() != up.shape() {
+        candle_core::bail!(
+            "swiglu: gate {:?} and up {:?} differ in shape",
+            gate.shape(),
+            up.shape()
+        );
+    }
+    gate.contiguous()?.apply_op2(&up.contiguous()?, FusedSwiGlu)
+}
+
+struct FusedSwiGlu;
+
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl CustomOp2 for FusedSwiGlu {
+    fn name(&self) -> &'static str {
+        "fused-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let gate = cpu_slice(s1, l1, "swiglu gate")?;
+        let up = cpu_slice(s2, l2, "swiglu up")?;
+        let mut out = vec![0f32; gate.len()];
+        out.par_chunks_mut(ELEMENT_CHUNK)
+            .zip(gate.par_chunks(ELEMENT_CHUNK))
+            .zip(up.par_chunks(ELEMENT_CHUNK))
+            .for_each(|((o, g), u)| {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = g * sigmoid(g) * u;
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (want_gate, want_up) = (gate.track_op(), up.track_op());
+        if !(want_gate || want_up) {
+            return Ok((None, None));
+        }
+        let n = gate.elem_count();
+        // d gate = dy·u·σ(g)·(1 + g·(1 − σ(g))) ;  d up = dy·g·σ(g).
+        let mut d_gate = vec![0f32; if want_gate { n } else { 0 }];
+        let mut d_up = vec![0f32; if want_up { n } else { 0 }];
+        with_f32(gate, |g| {
+            with_f32(up, |u| {
+                with_f32(grad, |dy| {
+                    let chunks = g
+                        .par_chunks(ELEMENT_CHUNK)
+                        .zip(u.par_chunks(ELEMENT_CHUNK))
+                        .zip(dy.par_chunks(ELEMENT_CHUNK));
+                    match (want_gate, want_up) {
+                        (true, true) => chunks
+                            .zip(d_gate.par_chunks_mut(ELEMENT_CHUNK))
+                            .zip(d_up.par_chunks_mut(ELEMENT_CHUNK))
+                            .for_each(|((((g, u), dy), dg), du)| {
+                                for i in 0..g.len() {
+                                    let s = sigmoid(g[i]);
+                                    dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+                                    du[i] = dy[i] * g[i] * s;
+                                }
+                            }),
+                        (true, false) => chunks.zip(d_gate.par_chunks_mut(ELEMENT_CHUNK)).for_each(
+                            |(((g, u), dy), dg)| {
+                                for i in 0..g.len() {
+                                    let s = sigmoid(g[i]);
+                                    dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+                                }
+                            },
+                        ),
+                        _ => chunks.zip(d_up.par_chunks_mut(ELEMENT_CHUNK)).for_each(
+                            |(((g, _), dy), du)| {
+                                for i in 0..g.len() {
+                                    du[i] = dy[i] * g[i] * sigmoid(g[i]);
+                                }
+                            },
+                        ),
+                    }
+                })
+            })
+        })???;
+        let dev = gate.device();
+        let gg = want_gate
+            .then(|| Tensor::from_vec(d_gate, gate.shape(), dev))
+            .transpose()?;
+        let gu = want_up
+            .then(|| Tensor::from_vec(d_up, up.shape(), dev))
+            .transpose()?;
+        Ok((gg, gu))
+    }
+}
+
+/// Rotary position embedding (rotate-half layout) of per-head projections `x` `[B, T, H, D]`
+/// with tables `cos`, `sin` `[B or 1, 1, T, D]`: `x·cos + rotate_half(x)·sin`, returned as
+/// `[B, H, T, D]` (the layout attention reads). The tables are constants (no gradient flows to
+/// them). Fused on the CPU in f32 (one pass that also transposes), composite elsewhere.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    if is_cpu_f32(&[x, cos, sin]) {
+        rope_fused(x, cos, sin)
+    } else {
+        rope_composite(x, cos, sin)
+    }
+}
+
+/// The composite RoPE (transpose, halves, concatenation, products, sum). Same shapes as [`rope`].
+pub fn rope_composite(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let x = x.transpose(1, 2)?;
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    let a = frozen::broadcast_mul(&x, cos)?;
+    let b = frozen::broadcast_mul(&rotated, sin)?;
+    frozen::broadcast_add(&a, &b)
+}
+
+/// The fused RoPE on any device (errors off the CPU / f32): exposed for tests.
+pub fn rope_fused(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, t, h, d) = x.dims4()?;
+    let (bc, one, tc, dc) = cos.dims4()?;
+    if sin.dims() != cos.dims() || one != 1 || tc != t || dc != d || !(bc == 1 || bc == b) {
+        candle_core::bail!(
+            "rope: tables {:?} / {:?} for x {:?} (want [{b} or 1, 1, {t}, {d}])",
+            cos.shape(),
+            sin.shape(),
+            x.shape()
+        );
+    }
+    if !d.is_multiple_of(2) {
+        candle_core::bail!("rope: odd head size {d}");
+    }
+    x.contiguous()?.apply_op3(
+        &cos.contiguous()?,
+        &sin.contiguous()?,
+        FusedRope {
+            dims: (b, t, h, d),
+            table_rows: bc,
+        },
+    )
+}
+
+struct FusedRope {
+    /// x's (B, T, H, D).
+    dims: (usize, usize, usize, usize),
+    /// 1 (one table for every row) or B.
+    table_rows: usize,
+}
+
+impl FusedRope {
+    /// Offset of the (row, position) entry of the cos/sin tables.
+    fn table(&self, bi: usize, ti: usize) -> usize {
+        let (_, t, _, d) = self.dims;
+        ((if self.table_rows == 1 { 0 } else { bi }) * t + ti) * d
+    }
+}
+
+impl CustomOp3 for FusedRope {
+    fn name(&self) -> &'static str {
+        "fused-rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, t, h, d) = self.dims;
+        let x = cpu_slice(s1, l1, "rope x")?;
+        let cos = cpu_slice(s2, l2, "rope cos")?;
+        let sin = cpu_slice(s3, l3, "rope sin")?;
+        let half = d / 2;
+        let mut out = vec![0f32; x.len()];
+        // One task per (row, head): it writes that head's [T, D] block of the output.
+        out.par_chunks_mut((t * d).max(1))
+            .enumerate()
+            .for_each(|(bh, o)| {
+                let (bi, hi) = (bh / h, bh % h);
+                for ti in 0..t {
+                    let src = &x[((bi * t + ti) * h + hi) * d..][..d];
+                    let tb = self.table(bi, ti);
+                    let (c, s) = (&cos[tb..tb + d], &sin[tb..tb + d]);
+                    let dst = &mut o[ti * d..(ti + 1) * d];
+                    // As the composite: x·cos + cat(−x2, x1)·sin, the same products and sums.
+                    for i in 0..half {
+                        let (x1, x2) = (src[i], src[i + half]);
+                        dst[i] = x1 * c[i] + (-x2) * s[i];
+                        dst[i + half] = x2 * c[i + half] + x1 * s[i + half];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if !x.track_op() {
+            return Ok((None, None, None));
+        }
+        let (b, t, h, d) = self.dims;
+        let half = d / 2;
+        let mut dx = vec![0f32; b * t * h * d];
+        with_f32(cos, |cos| {
+            with_f32(sin, |sin| {
+                with_f32(grad, |dy| {
+                    // The transposed rotation, back into x's [B, T, H, D] layout: one task per
+                    // (row, position).
+                    dx.par_chunks_mut((h * d).max(1))
+                        .enumerate()
+                        .for_each(|(bt, o)| {
+                            let (bi, ti) = (bt / t, bt % t);
+                            let tb = self.table(bi, ti);
+                            let (c, s) = (&cos[tb..tb + d], &sin[tb..tb + d]);
+                            for hi in 0..h {
+                                let g = &dy[((bi * h + hi) * t + ti) * d..][..d];
+                                let dst = &mut o[hi * d..(hi + 1) * d];
+                                for i in 0..half {
+                                    let (g1, g2) = (g[i], g[i + half]);
+                                    dst[i] = g1 * c[i] + g2 * s[i + half];
+                                    dst[i + half] = g2 * c[i + half] - g1 * s[i];
+                                }
+                            }
+                        })
+                })
+            })
+        })???;
+        Ok((
+            Some(Tensor::from_vec(dx, (b, t, h, d), x.device())?),
+            None,
+            None,
+        ))
+    }
+}
+
+/// Mean cross-entropy of `logits` `[N, V]` against `targets` (class indices, N of them):
+/// `mean_n(logsumexp(logits_n) − logits_n[target_n])`, a scalar. Fused on the CPU in f32 (the
+/// backward recomputes each row's softmax from the logits), composite elsewhere.
+pub fn cross_entropy(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Tensor> {
+    if is_cpu_f32(&[logits]) {
+        cross_entropy_fused(logits, targets)
+    } else {
+        cross_entropy_composite(logits, targets)
+    }
+}
+
+/// The composite cross-entropy: candle's log-softmax, a gather, a mean.
+pub fn cross_entropy_composite(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Tensor> {
+    let n = targets.len();
+    let targets = Tensor::from_slice(targets, (n, 1), logits.device())?;
+    let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    let picked = log_probs.gather(&targets, 1)?;
+    picked.sum_all()?.neg()? / n as f64
+}
+
+/// The fused cross-entropy on any device (errors off the CPU / f32): exposed for tests.
+pub fn cross_entropy_fused(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Tensor> {
+    let (n, v) = logits.dims2()?;
+    if targets.len() != n || n == 0 {
+        candle_core::bail!("cross_entropy: {} targets for {n} rows", targets.len());
+    }
+    if let Some(bad) = targets.iter().find(|&&t| t as usize >= v) {
+        candle_core::bail!("cross_entropy: target {bad} outside the {v} classes");
+    }
+    logits.contiguous()?.apply_op1(FusedCrossEntropy {
+        targets: Arc::new(targets.to_vec()),
+        classes: v,
+    })
+}
+
+struct FusedCrossEntropy {
+    targets: Arc<Vec<u32>>,
+    classes: usize,
+}
+
+/// Rows per parallel task of the cross-entropy.
+const CE_CHUNK_ROWS: usize = 16;
+
+/// (max, Σ exp(x − max)) of a row.
+#[inline]
+fn max_and_exp_sum(row: &[f32]) -> (f32, f32) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    (max, row.iter().map(|&x| (x - max).exp()).sum())
+}
+
+impl candle_core::CustomOp1 for FusedCrossEntropy {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let logits = cpu_slice(s, l, "cross_entropy logits")?;
+        let v = self.classes;
+        // Per-chunk sums, added in chunk order (deterministic whatever the thread count).
+        let sums: Vec<f64> = logits
+            .par_chunks(v * CE_CHUNK_ROWS)
+            .zip(self.targets.par_chunks(CE_CHUNK_ROWS))
+            .map(|(rows, targets)| {
+                rows.chunks_exact(v)
+                    .zip(targets)
+                    .map(|(row, &t)| {
+                        let (max, sum) = max_and_exp_sum(row);
+                        (max + sum.ln() - row[t as usize]) as f64
+                    })
+                    .sum()
+            })
+            .collect();
+        let loss = sums.iter().sum::<f64>() / self.targets.len() as f64;
+        Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        if !logits.track_op() {
+            return Ok(None);
+        }
+        let v = self.classes;
+        let scale = grad.to_dtype(DType::F32)?.to_scalar::<f32>()? / self.targets.len() as f32;
+        let mut d = vec![0f32; logits.elem_count()];
+        with_f32(logits, |x| {
+            d.par_chunks_mut(v * CE_CHUNK_ROWS)
+                .zip(x.par_chunks(v * CE_CHUNK_ROWS))
+                .zip(self.targets.par_chunks(CE_CHUNK_ROWS))
+                .for_each(|((drows, rows), targets)| {
+                    for ((drow, row), &t) in drows
+                        .chunks_exact_mut(v)
+                        .zip(rows.chunks_exact(v))
+                        .zip(targets)
+                    {
+                        let (max, sum) = max_and_exp_sum(row);
+                        let inv = scale / sum;
+                        for (dj, &xj) in drow.iter_mut().zip(row) {
+                            *dj = (xj - max).exp() * inv;
+                        }
+                        drow[t as usize] -= scale;
+                    }
+                })
+        })?;
+        Ok(Some(Tensor::from_vec(d, logits.shape(), logits.device())?))
     }
 }

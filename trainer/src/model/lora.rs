@@ -95,9 +95,10 @@ impl LoraLayer {
         } else {
             x.clone()
         };
-        let h = frozen::linear(&x, self.a.as_tensor())?;
-        let y = frozen::linear(&h, self.b.as_tensor())?;
-        Ok((y * self.scaling)?)
+        // The scaling is applied to the rank-r intermediate, not to the [.., out] result: the same
+        // product, r instead of `out` multiplications per row.
+        let h = (frozen::linear(&x, self.a.as_tensor())? * self.scaling)?;
+        Ok(frozen::linear(&h, self.b.as_tensor())?)
     }
 
     /// `s · B A`, the update merged into the frozen weight, f32 and detached.
@@ -300,28 +301,73 @@ const PEFT_FIELDS: [(&str, PeftField); 43] = {
         ("use_dora", OnlyUnused(None, "DoRA is not implemented")),
         ("fan_in_fan_out", OnlyUnused(None, "not a Qwen3 layout")),
         ("lora_bias", OnlyUnused(None, "not implemented")),
-        ("bias", OnlyUnused(Some("none"), "only \"none\" is supported")),
-        ("rank_pattern", OnlyUnused(None, "per-module ranks are not supported")),
-        ("alpha_pattern", OnlyUnused(None, "per-module ranks are not supported")),
+        (
+            "bias",
+            OnlyUnused(Some("none"), "only \"none\" is supported"),
+        ),
+        (
+            "rank_pattern",
+            OnlyUnused(None, "per-module ranks are not supported"),
+        ),
+        (
+            "alpha_pattern",
+            OnlyUnused(None, "per-module ranks are not supported"),
+        ),
         ("layers_to_transform", OnlyUnused(None, "is not supported")),
         ("modules_to_save", OnlyUnused(None, "is not supported")),
         ("layer_replication", OnlyUnused(None, "is not supported")),
         ("exclude_modules", OnlyUnused(None, "is not supported")),
         ("target_parameters", OnlyUnused(None, "is not supported")),
-        ("trainable_token_indices", OnlyUnused(None, "trainable token embeddings are not implemented")),
-        ("alora_invocation_tokens", OnlyUnused(None, "aLoRA applies the adapter only after its invocation tokens; not implemented")),
+        (
+            "trainable_token_indices",
+            OnlyUnused(None, "trainable token embeddings are not implemented"),
+        ),
+        (
+            "alora_invocation_tokens",
+            OnlyUnused(
+                None,
+                "aLoRA applies the adapter only after its invocation tokens; not implemented",
+            ),
+        ),
         ("use_qalora", OnlyUnused(None, "QALoRA is not implemented")),
-        ("loftq_config", OnlyUnused(None, "LoftQ changes the base weights; not implemented")),
-        ("eva_config", OnlyUnused(None, "EVA initialisation is not implemented")),
-        ("corda_config", OnlyUnused(None, "CorDA changes the base weights; not implemented")),
-        ("lora_ga_config", OnlyUnused(None, "LoRA-GA changes the base weights; not implemented")),
-        ("megatron_config", OnlyUnused(None, "Megatron parallel layers are not implemented")),
-        ("arrow_config", OnlyUnused(None, "Arrow routing is not implemented")),
+        (
+            "loftq_config",
+            OnlyUnused(None, "LoftQ changes the base weights; not implemented"),
+        ),
+        (
+            "eva_config",
+            OnlyUnused(None, "EVA initialisation is not implemented"),
+        ),
+        (
+            "corda_config",
+            OnlyUnused(None, "CorDA changes the base weights; not implemented"),
+        ),
+        (
+            "lora_ga_config",
+            OnlyUnused(None, "LoRA-GA changes the base weights; not implemented"),
+        ),
+        (
+            "megatron_config",
+            OnlyUnused(None, "Megatron parallel layers are not implemented"),
+        ),
+        (
+            "arrow_config",
+            OnlyUnused(None, "Arrow routing is not implemented"),
+        ),
         ("kasa_config", OnlyUnused(None, "KaSA is not implemented")),
-        ("monteclora_config", OnlyUnused(None, "MonteCLoRA is not implemented")),
+        (
+            "monteclora_config",
+            OnlyUnused(None, "MonteCLoRA is not implemented"),
+        ),
         ("use_bdlora", OnlyUnused(None, "BD-LoRA is not implemented")),
-        ("velora_config", OnlyUnused(None, "VeLoRA is not implemented")),
-        ("bdlora_config", OnlyUnused(None, "BD-LoRA is not implemented")),
+        (
+            "velora_config",
+            OnlyUnused(None, "VeLoRA is not implemented"),
+        ),
+        (
+            "bdlora_config",
+            OnlyUnused(None, "BD-LoRA is not implemented"),
+        ),
     ]
 };
 
@@ -362,13 +408,16 @@ fn check_init_lora_weights(value: &Value) -> Result<()> {
         Value::Bool(_) | Value::Null => Ok(()),
         Value::String(s) if s == "gaussian" => Ok(()),
         Value::String(s)
-            if s.starts_with("pissa") || ["olora", "corda", "loftq", "lora_ga"].contains(&s.as_str()) =>
+            if s.starts_with("pissa")
+                || ["olora", "corda", "loftq", "lora_ga"].contains(&s.as_str()) =>
         {
             bail!(
                 "init_lora_weights {value} (this initialisation changes the base weights; convert the adapter to plain LoRA with PEFT first: save_pretrained(..., path_initial_model_for_weight_conversion=...))"
             )
         }
-        other => bail!("init_lora_weights {other} (not implemented; only true, false and \"gaussian\" are)"),
+        other => bail!(
+            "init_lora_weights {other} (not implemented; only true, false and \"gaussian\" are)"
+        ),
     }
 }
 

@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{DType, Device, IndexOp, Tensor, D};
+use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
@@ -237,7 +237,7 @@ struct Projection {
 }
 
 /// How a pass runs: projections through the sparing op (default) or candle's plain matmul, and
-/// attention/RMSNorm through the fused kernels (default; CPU f32 only, composite elsewhere) or the
+/// attention/RMSNorm/RoPE/SwiGLU through the fused kernels (default; CPU f32 only, composite elsewhere) or the
 /// composite ops (both switches for benchmarks and comparisons).
 #[derive(Debug, Clone, Copy)]
 struct Mode {
@@ -277,14 +277,14 @@ struct Rope {
 }
 
 impl Rope {
-    fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let half = x.dim(D::Minus1)? / 2;
-        let x1 = x.narrow(D::Minus1, 0, half)?;
-        let x2 = x.narrow(D::Minus1, half, half)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        let a = frozen::broadcast_mul(x, &self.cos)?;
-        let b = frozen::broadcast_mul(&rotated, &self.sin)?;
-        Ok(frozen::broadcast_add(&a, &b)?)
+    /// Rotates per-head projections `[B, T, H, D]` into `[B, H, T, D]`: the fused kernel (CPU f32)
+    /// or the composite ops.
+    fn apply(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        Ok(if mode.fused {
+            kernels::rope(x, &self.cos, &self.sin)?
+        } else {
+            kernels::rope_composite(x, &self.cos, &self.sin)?
+        })
     }
 }
 
@@ -357,19 +357,18 @@ impl Attention {
         let heads = |proj: &Projection, n: usize| -> Result<Tensor> {
             Ok(proj.forward(x, mode)?.reshape((b, t, n, d))?)
         };
+        // q and k stay [B, T, H, D] through their norms; RoPE hands them out as [B, H, T, D].
         let q = self
             .q_norm
-            .forward(&heads(&self.q_proj, self.num_heads)?, mode)?
-            .transpose(1, 2)?;
+            .forward(&heads(&self.q_proj, self.num_heads)?, mode)?;
         let k = self
             .k_norm
-            .forward(&heads(&self.k_proj, self.num_kv_heads)?, mode)?
-            .transpose(1, 2)?;
+            .forward(&heads(&self.k_proj, self.num_kv_heads)?, mode)?;
         let v = heads(&self.v_proj, self.num_kv_heads)?
             .transpose(1, 2)?
             .contiguous()?;
-        let q = pass.rope.apply(&q)?;
-        let mut k = pass.rope.apply(&k)?;
+        let q = pass.rope.apply(&q, mode)?;
+        let mut k = pass.rope.apply(&k, mode)?;
         let mut v = v;
         if let Some(slot) = cache {
             if let Some((past_k, past_v)) = slot.as_ref() {
@@ -405,10 +404,14 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x, mode)?.silu()?;
+        let gate = self.gate_proj.forward(x, mode)?;
         let up = self.up_proj.forward(x, mode)?;
-        self.down_proj
-            .forward(&frozen::broadcast_mul(&gate, &up)?, mode)
+        let gated = if mode.fused {
+            kernels::swiglu(&gate, &up)?
+        } else {
+            kernels::swiglu_composite(&gate, &up)?
+        };
+        self.down_proj.forward(&gated, mode)
     }
 }
 
@@ -735,9 +738,10 @@ impl Qwen3 {
         self.sparing = on;
     }
 
-    /// Benchmark/comparison switch: `false` runs attention and RMSNorm as composite candle ops (every
-    /// `[B, H, T, T]` intermediate materialised and kept for the backward) instead of the fused
-    /// kernels of [`crate::model::kernels`]. Off the CPU the composite ops run either way.
+    /// Benchmark/comparison switch: `false` runs attention, RMSNorm, RoPE and the SwiGLU gating as
+    /// composite candle ops (every `[B, H, T, T]` intermediate materialised and kept for the
+    /// backward) instead of the fused kernels of [`crate::model::kernels`]. Off the CPU the
+    /// composite ops run either way.
     pub fn set_fused_kernels(&mut self, on: bool) {
         self.fused = on;
     }
@@ -937,7 +941,7 @@ impl Qwen3 {
         let picked = hidden
             .reshape((b * t, h))?
             .index_select(&Tensor::new(rows, &self.device)?, 0)?;
-        cross_entropy(&self.lm_head(&picked)?, &targets)
+        cross_entropy(&self.lm_head(&picked)?, &targets, self.fused)
     }
 
     /// Starts an empty generation cache for `batch` rows.
@@ -1152,7 +1156,7 @@ fn positions_from_mask(valid: &[bool], start: usize) -> Vec<usize> {
 }
 
 /// Flat row indices `b·T + t` whose next label counts, and those labels (`u32`).
-fn shifted_targets(labels: &Tensor) -> Result<(Vec<u32>, Tensor)> {
+fn shifted_targets(labels: &Tensor) -> Result<(Vec<u32>, Vec<u32>)> {
     let (b, t) = labels.dims2().context("labels must be [batch, time]")?;
     let rows_labels = labels.to_dtype(DType::I64)?.to_vec2::<i64>()?;
     let mut rows = Vec::new();
@@ -1176,16 +1180,17 @@ fn shifted_targets(labels: &Tensor) -> Result<(Vec<u32>, Tensor)> {
         !targets.is_empty(),
         "no label to predict: every shifted label of the [{b}, {t}] batch is -100"
     );
-    let n = targets.len();
-    Ok((rows, Tensor::from_vec(targets, n, labels.device())?))
+    Ok((rows, targets))
 }
 
-/// Mean cross-entropy of `logits` `[N, V]` against `targets` `[N]` (u32).
-fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let n = targets.dim(0)?;
-    let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
-    let picked = log_probs.gather(&targets.unsqueeze(1)?, 1)?;
-    Ok((picked.sum_all()?.neg()? / n as f64)?)
+/// Mean cross-entropy of `logits` `[N, V]` against `targets`: the fused kernel on the CPU in f32
+/// (unless `fused` is off), the composite ops otherwise.
+fn cross_entropy(logits: &Tensor, targets: &[u32], fused: bool) -> Result<Tensor> {
+    Ok(if fused {
+        kernels::cross_entropy(logits, targets)?
+    } else {
+        kernels::cross_entropy_composite(logits, targets)?
+    })
 }
 
 /// Causal-LM loss from full logits `[B, T, V]` and labels `[B, T]` (−100 ignored), as transformers.
@@ -1200,5 +1205,5 @@ pub fn causal_lm_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let picked = logits
         .reshape((b * t, v))?
         .index_select(&Tensor::new(rows, logits.device())?, 0)?;
-    cross_entropy(&picked, &targets)
+    cross_entropy(&picked, &targets, true)
 }

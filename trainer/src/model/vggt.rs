@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, DType, Device, Module, Result, Shape, Tensor, D};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use crate::model::kernels::KeyMask;
 use serde::{Deserialize, Serialize};
 
 /// ImageNet statistics the aggregator normalises its [0, 1] input with.
@@ -273,7 +275,8 @@ fn apply_rope_2d(x: &Tensor, table: &Rope2dTable) -> Result<Tensor> {
 }
 
 /// softmax(q·kᵀ·scale)·v over [B, H, N, D] inputs, a few heads at a time when the score matrix
-/// would exceed `max_score_elements`.
+/// would exceed `max_score_elements`: the path off the CPU / f32 (where the blocks aren't fused),
+/// and the reference the fused kernel is tested against.
 pub fn scaled_dot_product_attention(
     q: &Tensor,
     k: &Tensor,
@@ -350,6 +353,13 @@ impl Attention {
         if let Some(table) = rope {
             q = apply_rope_2d(&q, table)?;
             k = apply_rope_2d(&k, table)?;
+        }
+        if q.device().is_cpu() && q.dtype() == DType::F32 {
+            // The fused kernel: scores a block of queries at a time (never every head's [N, N]
+            // matrix), output already [B, N, H·D].
+            let scale = 1.0 / ((c / h) as f64).sqrt();
+            let out = crate::model::kernels::attention(&q, &k, &v, &KeyMask::full(b, n), scale)?;
+            return self.proj.forward(&out);
         }
         let out = scaled_dot_product_attention(&q, &k, &v, MAX_SCORE_ELEMENTS)?;
         self.proj.forward(&out.transpose(1, 2)?.reshape((b, n, c))?)
@@ -982,6 +992,33 @@ mod tests {
         let chunked = scaled_dot_product_attention(&q, &k, &v, 200).unwrap();
         let diff = (full - chunked).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn fused_attention_equals_composite() {
+        // What Attention::forward runs on the CPU against the composite reference, with more
+        // queries than one block of the kernel (64).
+        let dev = Device::Cpu;
+        let (b, h, n, d) = (2, 3, 70, 8);
+        let q = Tensor::randn(0f32, 1.0, (b, h, n, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (b, h, n, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (b, h, n, d), &dev).unwrap();
+        let composite = scaled_dot_product_attention(&q, &k, &v, usize::MAX)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, n, h * d))
+            .unwrap();
+        let scale = 1.0 / (d as f64).sqrt();
+        let fused =
+            crate::model::kernels::attention(&q, &k, &v, &KeyMask::full(b, n), scale).unwrap();
+        let diff = (fused - composite)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() <= 1e-6);
     }
 
     #[test]
