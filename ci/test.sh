@@ -2,7 +2,8 @@
 # The project's test command (README, .ci/run): Rust tests (unit, golden snapshots, property tests,
 # parity against ../shared/parity), the parity tool on the shared fixtures, an end-to-end run
 # synth → prep-* → tools shard verify read back by pyarrow and scored by tools eval, the main job
-# (tools/demo.sh: through training, prediction and scoring), and the flake evaluation.
+# (tools/demo.sh: through training, prediction and scoring), a `cargo check` of the cuda feature, and the
+# flake evaluation.
 # Runs on a clean clone with ../shared beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +62,11 @@ python3 ci/parquet_check.py "$work/shards/scanqa" "$work/parquet/scanqa" "$work/
 
 step "the main job: tools/demo.sh (synth → prep → train tiny, its pins verified → predict → tools eval)"
 ROOMPLAN_BIN="$bin" bash tools/demo.sh
+
+step "the cuda feature compiles (ci/cuda_check.sh: nvcc from PyPI, cargo check into target/cuda-check; nothing under cuda runs)"
+# Its own target folder: the cuda feature changes candle's features, so sharing target/ would rebuild
+# the CPU artifacts above on the next run; check-only artifacts are small (no codegen, no linking).
+bash ci/cuda_check.sh
 
 step "flake evaluation"
 bash ci/flake_check.sh
