@@ -34,7 +34,9 @@ cargo build --locked --workspace --bins --tests --examples
 bin="${CARGO_TARGET_DIR:-target}/debug"
 
 step "tools parity on the shared fixtures"
-for fixture in qwen3 vggt/conv vggt/dinov2; do
+# The Qwen3 bf16 checks against PyTorch's own bf16 run of the fixture (tools/parity/qwen3_bf16.py).
+"$bin/tools" parity "$ROOMPLAN_SHARED/parity/qwen3" --bf16-reference trainer/tests/fixtures/qwen3_bf16
+for fixture in vggt/conv vggt/dinov2; do
   "$bin/tools" parity "$ROOMPLAN_SHARED/parity/$fixture"
 done
 
