@@ -33,6 +33,16 @@ step "binaries"
 cargo build --locked --workspace --bins --tests --examples
 bin="${CARGO_TARGET_DIR:-target}/debug"
 
+step "the GPU benchmark's timing program (ci/gpu.sh) on a tiny shape with bf16 frozen weights on the CPU"
+"$bin/examples/qwen3_lora_bench" --config tools/bench/qwen3_tiny_shape.json --batch 1 --seq 32 --steps 1 --warmup 0 \
+  --frozen-dtype bf16 --peak-tflops 1 --json | python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read())
+# The FLOPs formula, worked by hand for this shape (tools/bench/bench_qwen3_lora_gpu.py computes the same).
+assert abs(r["model_tflop_per_step"] - 1.5204352e-05) < 1e-15, r
+assert r["frozen_dtype"] == "BF16" and r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1, r
+print(r)'
+
 step "tools parity on the shared fixtures"
 # The Qwen3 bf16 checks against PyTorch's own bf16 run of the fixture (tools/parity/qwen3_bf16.py).
 "$bin/tools" parity "$ROOMPLAN_SHARED/parity/qwen3" --bf16-reference trainer/tests/fixtures/qwen3_bf16
