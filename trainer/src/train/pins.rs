@@ -88,6 +88,9 @@ pub struct Pinned {
 pub enum PinnedKind {
     File,
     Dataset,
+    /// A feature folder (`tools cache-features`): its manifest's digest, after checking the
+    /// table's sha256.
+    Features,
 }
 
 impl Pinned {
@@ -109,7 +112,8 @@ pub fn resolve_file(spec: &FilesSpec, file: &str) -> Result<PathBuf> {
     Fetcher::new(source)?.require(file)
 }
 
-/// Every digest the experiment names, in a fixed order: datasets, then the LLM's files, then VGGT's.
+/// Every digest the experiment names, in a fixed order: datasets (each followed by its cached
+/// features, if any), then the LLM's files, then VGGT's.
 pub fn pinned_inputs(exp: &Experiment) -> Vec<Result<Pinned>> {
     let mut out = Vec::new();
     for (i, ds) in exp.data.datasets.iter().enumerate() {
@@ -125,6 +129,21 @@ pub fn pinned_inputs(exp: &Experiment) -> Vec<Result<Pinned>> {
             expected: ds.manifest_digest.clone(),
             kind: PinnedKind::Dataset,
         }));
+        if let Some(f) = &ds.features {
+            out.push(Ok(Pinned {
+                what: format!("features of dataset {}", ds.name),
+                key_path: vec![
+                    "data".into(),
+                    "datasets".into(),
+                    i.to_string(),
+                    "features".into(),
+                    "digest".into(),
+                ],
+                path: f.path.clone(),
+                expected: f.digest.clone(),
+                kind: PinnedKind::Features,
+            }));
+        }
     }
     for (model, spec) in [
         ("llm", &exp.model.llm),
@@ -194,11 +213,59 @@ pub fn verify(exp: &Experiment, cache: &mut HashCache) -> Result<Vec<Pin>, Vec<P
             }),
         }
     }
+    problems.extend(feature_pin_problems(exp));
     if problems.is_empty() {
         Ok(pins)
     } else {
         Err(problems)
     }
+}
+
+/// What the experiment's cached features were computed under against what the experiment says:
+/// the dataset's manifest digest, the VGGT checkpoint's sha256, the output layers, the dtype and
+/// the views per scene. Feature folders that cannot be read are reported by their digest pin.
+pub fn feature_pin_problems(exp: &Experiment) -> Vec<PinProblem> {
+    let mut problems = Vec::new();
+    let vggt = &exp.model.vggt;
+    let checkpoint_pin = vggt.weights.files.get(&vggt.checkpoint).cloned().flatten();
+    for (i, ds) in exp.data.datasets.iter().enumerate() {
+        let Some(spec) = &ds.features else { continue };
+        let Ok(manifest) = roomplan_prep::features::FeatureManifest::read(&spec.path) else {
+            continue;
+        };
+        let p = &manifest.pins;
+        let field = |what: &str| format!("data.datasets.{i}.features ({what})");
+        let mut differ = |what: &str, experiment: String, features: String| {
+            if experiment != features {
+                problems.push(PinProblem::Unusable {
+                    field: field(what),
+                    detail: format!(
+                        "{}: computed with {what} {features}, the experiment has {experiment} \
+                         (rerun tools cache-features)",
+                        spec.path.display()
+                    ),
+                });
+            }
+        };
+        differ(
+            "dataset manifest digest",
+            ds.manifest_digest.clone().unwrap_or_else(|| "null".into()),
+            p.scenes_manifest_digest.clone(),
+        );
+        differ(
+            &format!("VGGT weights sha256 ({})", vggt.checkpoint),
+            checkpoint_pin.clone().unwrap_or_else(|| "null".into()),
+            p.vggt_weights_sha256.clone(),
+        );
+        differ("layers", format!("{:?}", vggt.layers), format!("{:?}", p.layers));
+        differ("dtype", exp.model.frozen_dtype.name().into(), p.dtype.clone());
+        differ(
+            "views per scene",
+            exp.data.views_per_sample.to_string(),
+            p.views_per_scene.to_string(),
+        );
+    }
+    problems
 }
 
 /// The current digest of a pinned input, and whether it came from the cache. A dataset must also
@@ -217,6 +284,11 @@ fn digest_of(item: &Pinned, cache: &mut HashCache) -> Result<(String, bool)> {
                 );
             }
             Ok((report.digest, false))
+        }
+        PinnedKind::Features => {
+            let store = roomplan_prep::features::FeatureStore::open(&item.path)
+                .with_context(|| format!("features {}", item.path.display()))?;
+            Ok((store.manifest().digest(), false))
         }
     }
 }

@@ -590,6 +590,13 @@ fn train_rank(
             state.samples_seen,
             run_dir.join(checkpoint::CHECKPOINTS_DIR).display()
         );
+        use std::sync::atomic::Ordering;
+        // Rank 0's own examples (training, evaluation): the other ranks' are the same in kind.
+        eprintln!(
+            "VGGT aggregator forwards on rank 0: {}; examples from cached features: {}",
+            asm.vggt_forwards.load(Ordering::Relaxed),
+            asm.cached_examples.load(Ordering::Relaxed)
+        );
     }
     Ok(())
 }
