@@ -4,7 +4,6 @@
 
 // The contract and what every prep binary shares (issue 3).
 pub mod shard;
-pub mod features;
 pub mod manifest;
 pub mod rejects;
 pub mod json_records;

@@ -234,10 +234,11 @@ fn features_that_do_not_match_the_experiment_are_refused_naming_the_pin() {
     );
     // A wrong digest is a mismatch like any other pin.
     let text = std::fs::read_to_string(path).unwrap();
-    let digest =
-        roomplan_prep::features::FeatureManifest::read(&world::shared().root.join("features"))
-            .unwrap()
-            .digest();
+    let digest = roomplan_prep::shard::features::FeatureManifest::read(
+        &world::shared().root.join("features"),
+    )
+    .unwrap()
+    .digest();
     let broken = world::shared().root.join("fixture-cached-broken.yaml");
     std::fs::write(&broken, text.replace(&digest, &"f".repeat(64))).unwrap();
     let exp = load(&broken, &[]);

@@ -20,7 +20,7 @@ use crate::model::vggt_input::{decode_stored_image, stack_images};
 use crate::train::experiment::Experiment;
 use crate::train::pins::{resolve_file, sha256_file};
 use crate::train::setup::load_aggregator;
-use roomplan_prep::features::{write_features, FeaturePins, SceneFeatures};
+use roomplan_prep::shard::features::{write_features, FeaturePins, SceneFeatures};
 use roomplan_prep::shard::Dataset;
 
 /// One feature folder written.

@@ -145,10 +145,7 @@ pub fn pinned_inputs(exp: &Experiment) -> Vec<Result<Pinned>> {
             }));
         }
     }
-    for (model, spec) in [
-        ("llm", &exp.model.llm),
-        ("vggt", &exp.model.vggt.weights),
-    ] {
+    for (model, spec) in [("llm", &exp.model.llm), ("vggt", &exp.model.vggt.weights)] {
         for (file, digest) in &spec.files {
             let mut key_path = vec!["model".to_string(), model.to_string()];
             if model == "vggt" {
@@ -230,7 +227,7 @@ pub fn feature_pin_problems(exp: &Experiment) -> Vec<PinProblem> {
     let checkpoint_pin = vggt.weights.files.get(&vggt.checkpoint).cloned().flatten();
     for (i, ds) in exp.data.datasets.iter().enumerate() {
         let Some(spec) = &ds.features else { continue };
-        let Ok(manifest) = roomplan_prep::features::FeatureManifest::read(&spec.path) else {
+        let Ok(manifest) = roomplan_prep::shard::features::FeatureManifest::read(&spec.path) else {
             continue;
         };
         let p = &manifest.pins;
@@ -257,8 +254,16 @@ pub fn feature_pin_problems(exp: &Experiment) -> Vec<PinProblem> {
             checkpoint_pin.clone().unwrap_or_else(|| "null".into()),
             p.vggt_weights_sha256.clone(),
         );
-        differ("layers", format!("{:?}", vggt.layers), format!("{:?}", p.layers));
-        differ("dtype", exp.model.frozen_dtype.name().into(), p.dtype.clone());
+        differ(
+            "layers",
+            format!("{:?}", vggt.layers),
+            format!("{:?}", p.layers),
+        );
+        differ(
+            "dtype",
+            exp.model.frozen_dtype.name().into(),
+            p.dtype.clone(),
+        );
         differ(
             "views per scene",
             exp.data.views_per_sample.to_string(),
@@ -286,7 +291,7 @@ fn digest_of(item: &Pinned, cache: &mut HashCache) -> Result<(String, bool)> {
             Ok((report.digest, false))
         }
         PinnedKind::Features => {
-            let store = roomplan_prep::features::FeatureStore::open(&item.path)
+            let store = roomplan_prep::shard::features::FeatureStore::open(&item.path)
                 .with_context(|| format!("features {}", item.path.display()))?;
             Ok((store.manifest().digest(), false))
         }
@@ -318,7 +323,9 @@ impl HashCache {
     pub fn default_path() -> Option<PathBuf> {
         let dir = std::env::var_os("ROOMPLAN_CACHE_DIR")
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("roomplan")))
+            .or_else(|| {
+                std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("roomplan"))
+            })
             .or_else(|| {
                 std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("roomplan"))
             })?;
@@ -349,10 +356,10 @@ impl HashCache {
 
     /// The file's sha256 and whether it came from the cache.
     pub fn sha256(&mut self, file: &Path) -> Result<(String, bool)> {
-        let canonical = fs::canonicalize(file)
-            .with_context(|| format!("{}: cannot read", file.display()))?;
-        let meta = fs::metadata(&canonical)
-            .with_context(|| format!("{}: cannot read", file.display()))?;
+        let canonical =
+            fs::canonicalize(file).with_context(|| format!("{}: cannot read", file.display()))?;
+        let meta =
+            fs::metadata(&canonical).with_context(|| format!("{}: cannot read", file.display()))?;
         let key = canonical.to_string_lossy().into_owned();
         let stamp = file_stamp(&meta);
         if self.path.is_some() {
@@ -463,10 +470,16 @@ fn key_of(line: &str) -> Option<(usize, bool, String)> {
     }
     let indent = line.len() - trimmed.len();
     let (item, rest, indent) = match trimmed.strip_prefix("- ") {
-        Some(rest) => (true, rest.trim_start(), indent + (trimmed.len() - rest.trim_start().len())),
+        Some(rest) => (
+            true,
+            rest.trim_start(),
+            indent + (trimmed.len() - rest.trim_start().len()),
+        ),
         None => (false, trimmed, indent),
     };
-    let colon = rest.find(": ").or_else(|| rest.ends_with(':').then(|| rest.len() - 1))?;
+    let colon = rest
+        .find(": ")
+        .or_else(|| rest.ends_with(':').then(|| rest.len() - 1))?;
     let key = rest[..colon].trim().trim_matches(|c| c == '"' || c == '\'');
     Some((indent, item, key.to_string()))
 }
@@ -509,7 +522,10 @@ fn find_key_line(lines: &[String], path: &[String]) -> Option<usize> {
             return Some(found);
         }
         let block_end = (found + 1..end)
-            .find(|&i| key_of(&lines[i]).is_some_and(|(ind, item, _)| ind < indent || (ind == indent && !item)))
+            .find(|&i| {
+                key_of(&lines[i])
+                    .is_some_and(|(ind, item, _)| ind < indent || (ind == indent && !item))
+            })
             .unwrap_or(end);
         start = found + 1;
         end = block_end;
@@ -571,7 +587,10 @@ pub fn pin_experiment(path: &Path, cache: &mut HashCache) -> Result<Vec<PinUpdat
             .collect();
         let want: Vec<Option<String>> = updates.iter().map(|u| Some(u.new.clone())).collect();
         if got != want {
-            bail!("{}: rewriting the digests changed something else; edit by hand", path.display());
+            bail!(
+                "{}: rewriting the digests changed something else; edit by hand",
+                path.display()
+            );
         }
         roomplan_prep::shard::write_atomic(path, new_text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
@@ -621,7 +640,10 @@ data:
         )
         .unwrap();
         let expected = TEXT
-            .replace("config.json: null   # pinned", "config.json: 111   # pinned")
+            .replace(
+                "config.json: null   # pinned",
+                "config.json: 111   # pinned",
+            )
             .replace("config.json: bbb", "config.json: 222")
             .replace("manifest_digest: ccc", "manifest_digest: 333")
             .replace("manifest_digest: null", "manifest_digest: 444");
@@ -630,12 +652,24 @@ data:
 
     #[test]
     fn pin_text_names_a_path_it_cannot_find() {
-        let err = pin_text(TEXT, &[(path("data/datasets/2/manifest_digest"), "1".into())])
-            .unwrap_err();
-        assert!(err.to_string().contains("data.datasets.2.manifest_digest"), "{err}");
-        let err = pin_text(TEXT, &[(path("model/llm/files/tokenizer.json"), "1".into())])
-            .unwrap_err();
-        assert!(err.to_string().contains("model.llm.files.tokenizer.json"), "{err}");
+        let err = pin_text(
+            TEXT,
+            &[(path("data/datasets/2/manifest_digest"), "1".into())],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("data.datasets.2.manifest_digest"),
+            "{err}"
+        );
+        let err = pin_text(
+            TEXT,
+            &[(path("model/llm/files/tokenizer.json"), "1".into())],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("model.llm.files.tokenizer.json"),
+            "{err}"
+        );
     }
 
     #[test]

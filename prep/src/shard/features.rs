@@ -1,7 +1,6 @@
 //! Feature shards: the frozen VGGT aggregator's outputs computed once per scene
 //! (`tools cache-features`), which `train` reads instead of running VGGT on every sample of every
-//! epoch. Part of the shard contract (DESIGN.md "Scale"); it sits beside `shard.rs` until the
-//! contract's module is split into a folder.
+//! epoch. Part of the shard contract (DESIGN.md "Scale").
 //!
 //! A feature folder holds `features.arrow` (Arrow IPC, one record batch per scene) and
 //! `features.json`, the manifest: the pins the features were computed under — the scenes' dataset
