@@ -2,7 +2,8 @@
 # The project's test command (README, .ci/run): Rust tests (unit, golden snapshots, property tests,
 # parity against ../shared/parity), the parity tool on the shared fixtures, an end-to-end run
 # synth → prep-* → tools shard verify read back by pyarrow and scored by tools eval, the main job
-# (tools/demo.sh: through training, prediction and scoring), and the flake evaluation.
+# (tools/demo.sh: through training, prediction and scoring), a `cargo check` of the cuda feature, and the
+# flake evaluation.
 # Runs on a clean clone with ../shared beside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,8 +33,20 @@ step "binaries"
 cargo build --locked --workspace --bins --tests --examples
 bin="${CARGO_TARGET_DIR:-target}/debug"
 
+step "the GPU benchmark's timing program (ci/gpu.sh) on a tiny shape with bf16 frozen weights on the CPU"
+"$bin/examples/qwen3_lora_bench" --config tools/bench/qwen3_tiny_shape.json --batch 1 --seq 32 --steps 1 --warmup 0 \
+  --frozen-dtype bf16 --peak-tflops 1 --json | python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read())
+# The FLOPs formula, worked by hand for this shape (tools/bench/bench_qwen3_lora_gpu.py computes the same).
+assert abs(r["model_tflop_per_step"] - 1.5204352e-05) < 1e-15, r
+assert r["frozen_dtype"] == "BF16" and r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1, r
+print(r)'
+
 step "tools parity on the shared fixtures"
-for fixture in qwen3 vggt/conv vggt/dinov2; do
+# The Qwen3 bf16 checks against PyTorch's own bf16 run of the fixture (tools/parity/qwen3_bf16.py).
+"$bin/tools" parity "$ROOMPLAN_SHARED/parity/qwen3" --bf16-reference trainer/tests/fixtures/qwen3_bf16
+for fixture in vggt/conv vggt/dinov2; do
   "$bin/tools" parity "$ROOMPLAN_SHARED/parity/$fixture"
 done
 
@@ -61,6 +74,11 @@ python3 ci/parquet_check.py "$work/shards/scanqa" "$work/parquet/scanqa" "$work/
 
 step "the main job: tools/demo.sh (synth → prep → train tiny, its pins verified → predict → tools eval)"
 ROOMPLAN_BIN="$bin" bash tools/demo.sh
+
+step "the cuda feature compiles (ci/cuda_check.sh: nvcc from PyPI, cargo check into target/cuda-check; nothing under cuda runs)"
+# Its own target folder: the cuda feature changes candle's features, so sharing target/ would rebuild
+# the CPU artifacts above on the next run; check-only artifacts are small (no codegen, no linking).
+bash ci/cuda_check.sh
 
 step "flake evaluation"
 bash ci/flake_check.sh

@@ -11,11 +11,22 @@
 //!   `--config FILE.json --batch B --seq T --rank R --warmup N` (defaults: the architecture below,
 //!   4 × 256, r 8, 2 warm-up steps).
 //! tools/bench/bench_qwen3_lora.py runs the same architecture in PyTorch (transformers + peft).
+//!
+//! On a GPU (ci/gpu.sh): `--device cuda --frozen-dtype bf16 --config
+//! tools/bench/qwen3_4b_instruct_2507.json --batch B --seq 512 --peak-tflops P --json` times the
+//! real Qwen3-4B-Instruct-2507 shape (random weights drawn on the device, frozen weights in bf16,
+//! LoRA and AdamW in f32) and prints one JSON line with tokens/s and model FLOPs utilisation, next
+//! to tools/bench/bench_qwen3_lora_gpu.py (PyTorch + PEFT, the same shape and formula).
+//!
+//! Model FLOPs of one step (both sides use this formula, so their MFU ratio is their speed ratio):
+//! per token 4·N (the forward 2·N and the backward's activation gradients 2·N: frozen weights get
+//! no gradient; N = the parameters of every projection and the LM head) plus 12·L·H·d·T for
+//! attention (QKᵀ and AV, forward and backward, full T×T as in PaLM's MFU); LoRA's own are omitted.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder};
 use rand::{Rng, SeedableRng};
@@ -87,6 +98,56 @@ fn random_weights(
     Ok(w)
 }
 
+/// Random frozen weights drawn on `device` (uniform with the same spreads as [`random_weights`]),
+/// so a 4B-parameter model needs no host copy.
+fn random_weights_on(cfg: &Config, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let uniform = |shape: (usize, usize), std: f64| -> Result<Tensor> {
+        let a = std * 1.732;
+        Ok(Tensor::rand(-a as f32, a as f32, shape, device)?)
+    };
+    let ones = |n: usize| Tensor::ones(n, DType::F32, device);
+    let mut w = HashMap::new();
+    w.insert(
+        "model.embed_tokens.weight".into(),
+        uniform((cfg.vocab_size, cfg.hidden_size), 0.02)?,
+    );
+    for l in 0..cfg.num_hidden_layers {
+        for m in ATTENTION_PROJECTIONS.iter().chain(MLP_PROJECTIONS.iter()) {
+            let (i, o) = cfg.projection_shape(m)?;
+            w.insert(
+                format!("{}.weight", projection_path(l, m)),
+                uniform((o, i), 1.0 / (i as f64).sqrt())?,
+            );
+        }
+        for n in ["input_layernorm", "post_attention_layernorm"] {
+            w.insert(
+                format!("model.layers.{l}.{n}.weight"),
+                ones(cfg.hidden_size)?,
+            );
+        }
+        for n in ["q_norm", "k_norm"] {
+            w.insert(
+                format!("model.layers.{l}.self_attn.{n}.weight"),
+                ones(cfg.head_dim())?,
+            );
+        }
+    }
+    w.insert("model.norm.weight".into(), ones(cfg.hidden_size)?);
+    Ok(w)
+}
+
+/// Model FLOPs of one LoRA train step (the module doc's formula).
+fn step_flops(cfg: &Config, batch: usize, seq: usize) -> Result<f64> {
+    let mut n = (cfg.vocab_size * cfg.hidden_size) as f64;
+    for m in ATTENTION_PROJECTIONS.iter().chain(MLP_PROJECTIONS.iter()) {
+        let (i, o) = cfg.projection_shape(m)?;
+        n += (cfg.num_hidden_layers * i * o) as f64;
+    }
+    let attention =
+        12.0 * (cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim() * seq) as f64;
+    Ok((batch * seq) as f64 * (4.0 * n + attention))
+}
+
 /// Peak resident memory of this process (Linux VmHWM), MiB.
 fn peak_rss_mib() -> Option<f64> {
     status_mib("VmHWM:")
@@ -114,11 +175,31 @@ fn main() -> Result<()> {
         ))?,
         None => serde_json::from_str(CONFIG)?,
     };
+    let device =
+        roomplan_trainer::parity::parse_device(&flag(&args, "--device", "cpu".to_string())?)?;
+    let frozen_dtype = match flag(&args, "--frozen-dtype", "f32".to_string())?.as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        other => bail!("--frozen-dtype {other}: expected f32 or bf16"),
+    };
+    let peak_tflops: Option<f64> = match args.iter().position(|a| a == "--peak-tflops") {
+        Some(i) => Some(
+            args.get(i + 1)
+                .context("--peak-tflops needs a value")?
+                .parse()?,
+        ),
+        None => None,
+    };
+    let json = args.iter().any(|a| a == "--json");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let weights = random_weights(&cfg, &mut rng)?;
+    let weights = if device.is_cpu() {
+        random_weights(&cfg, &mut rng)?
+    } else {
+        random_weights_on(&cfg, &device)?
+    };
     let mut model = Qwen3::new(
         &cfg,
-        VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
+        VarBuilder::from_tensors(weights, frozen_dtype, &device),
     )?;
     model.set_sparing_grads(!plain);
     model.set_fused_kernels(!composite);
@@ -131,7 +212,7 @@ fn main() -> Result<()> {
             ..LoraConfig::default()
         },
         &cfg,
-        &Device::Cpu,
+        &device,
         1,
     )?;
     lora.attach(&mut model)?;
@@ -147,7 +228,7 @@ fn main() -> Result<()> {
     let ids: Vec<u32> = (0..batch * seq)
         .map(|_| rng.random_range(0..cfg.vocab_size as u32))
         .collect();
-    let ids = Tensor::from_vec(ids, (batch, seq), &Device::Cpu)?;
+    let ids = Tensor::from_vec(ids, (batch, seq), &device)?;
     // Loss on the second half of every row, like answer tokens after a prompt.
     let labels: Vec<i64> = (0..batch * seq)
         .map(|i| {
@@ -158,7 +239,7 @@ fn main() -> Result<()> {
             }
         })
         .collect();
-    let labels = Tensor::from_vec(labels, (batch, seq), &Device::Cpu)?;
+    let labels = Tensor::from_vec(labels, (batch, seq), &device)?;
 
     // Weights, adapters and inputs are in place: the step's own memory is what comes above this.
     let rss_before = status_mib("VmRSS:").unwrap_or(f64::NAN);
@@ -171,6 +252,7 @@ fn main() -> Result<()> {
         let grads = loss.backward()?;
         let backward = t1.elapsed().as_secs_f64();
         opt.step(&grads)?;
+        device.synchronize()?;
         let dt = t0.elapsed().as_secs_f64();
         if step >= warmup {
             // the first steps warm allocators and caches
@@ -187,6 +269,30 @@ fn main() -> Result<()> {
     times.sort_by(f64::total_cmp);
     backward_times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
+    if json {
+        let flops = step_flops(&cfg, batch, seq)?;
+        let achieved = flops / median / 1e12;
+        println!(
+            "{}",
+            serde_json::json!({
+                "impl": "roomplan (candle)",
+                "device": format!("{device:?}"),
+                "frozen_dtype": format!("{frozen_dtype:?}"),
+                "layers": cfg.num_hidden_layers,
+                "batch": batch,
+                "seq": seq,
+                "lora_r": rank,
+                "steps": steps,
+                "median_step_s": median,
+                "tokens_per_s": (batch * seq) as f64 / median,
+                "model_tflop_per_step": flops / 1e12,
+                "achieved_tflops": achieved,
+                "peak_tflops": peak_tflops,
+                "mfu": peak_tflops.map(|p| achieved / p),
+            })
+        );
+        return Ok(());
+    }
     println!(
         "mode {}{}{}: {} layers, batch {batch}x{seq}, median step {:.3} s over {steps} steps (min {:.3}, max {:.3}; backward median {:.3}, min {:.3}), peak RSS {:.0} MiB ({:.0} before the first step), threads {}",
         if plain { "plain-matmul" } else { "sparing" },

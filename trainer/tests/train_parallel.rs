@@ -187,28 +187,42 @@ fn resuming_with_the_same_or_another_world_size_continues_the_same_run() {
     );
 }
 
+/// `train` (the binary) on the fixture world, writing `run_dir`.
+fn train_binary(run_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    train_binary_on(&shared_world().experiment, run_dir, extra, env)
+}
+
+fn train_binary_on(
+    experiment: &Path,
+    run_dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_train"))
+        .arg(experiment)
+        .args([
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+            "--threads",
+            "1",
+            "--no-progress",
+        ])
+        .args(["--no-hash-cache", "--set", "eval.every=0"])
+        .args(extra)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
 #[test]
-fn the_binary_runs_ranks_as_threads_and_refuses_a_multi_process_launch_it_cannot_serve() {
+fn the_binary_runs_ranks_as_threads_or_as_processes_with_the_same_bits() {
     let w = shared_world();
-    let run_dir = w.root.join("runs").join("binary-nproc");
-    let _ = std::fs::remove_dir_all(&run_dir);
-    let train = |extra: &[&str], env: &[(&str, &str)]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_train"))
-            .arg(&w.experiment)
-            .args([
-                "--run-dir",
-                run_dir.to_str().unwrap(),
-                "--threads",
-                "1",
-                "--no-progress",
-            ])
-            .args(["--no-hash-cache", "--set", "eval.every=0"])
-            .args(extra)
-            .envs(env.iter().copied())
-            .output()
-            .unwrap()
-    };
-    let out = train(&["--nproc", "2", "--max-steps", "2"], &[]);
+    let threads = w.root.join("runs").join("binary-threads");
+    let processes = w.root.join("runs").join("binary-processes");
+    for d in [&threads, &processes] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let out = train_binary(&threads, &["--nproc", "2", "--max-steps", "2"], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -217,29 +231,109 @@ fn the_binary_runs_ranks_as_threads_and_refuses_a_multi_process_launch_it_cannot
     );
     // 2 ranks × micro-batch 3 × accumulation 2 = 12 samples per step; one line per step.
     assert_eq!(
-        steps(&run_dir)
+        steps(&threads)
             .iter()
             .map(|s| (s.0, s.2))
             .collect::<Vec<_>>(),
         [(1, 12), (2, 12)]
     );
-    let record: Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
-    assert_eq!(record["world_size"], 2);
 
-    let out = train(
-        &["--max-steps", "1"],
+    // Two processes (this binary re-executed with torchrun's variables, CPU collectives over
+    // TCP) sum in the same rank order: the same losses, gradient norms and weights, bit for bit.
+    let out = train_binary(
+        &processes,
+        &[
+            "--nproc",
+            "2",
+            "--launcher",
+            "processes",
+            "--max-steps",
+            "2",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("2 data-parallel ranks as processes")
+            && stderr.contains("2 ranks as processes (torchrun), CPU collectives over TCP"),
+        "{stderr}"
+    );
+    let bits = |d: &Path| {
+        steps(d)
+            .iter()
+            .map(|x| (x.0, x.2, x.3, x.4.to_bits(), x.5.to_bits()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&threads), bits(&processes));
+    assert_eq!(
+        weight_difference(&weights(&threads, 2), &weights(&processes, 2)),
+        0.0
+    );
+    for d in [&threads, &processes] {
+        let record: Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("run.json")).unwrap()).unwrap();
+        assert_eq!(record["world_size"], 2, "{}", d.display());
+    }
+}
+
+#[test]
+fn a_failing_rank_process_is_named_and_its_exit_code_passed_on() {
+    let w = shared_world();
+    let run_dir = w.root.join("runs").join("binary-failing");
+    let _ = std::fs::remove_dir_all(&run_dir);
+    // A pin that does not hold (the first digest of the pinned experiment, zeroed): every rank
+    // exits with the pins code (3), the parent names the first and passes its code on.
+    let text = std::fs::read_to_string(&w.experiment).unwrap();
+    let digest = text
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .find(|t| t.len() == 64)
+        .expect("a pinned digest");
+    let broken = w.root.join("broken-pin.yaml");
+    std::fs::write(&broken, text.replacen(digest, &"0".repeat(64), 1)).unwrap();
+    let out = train_binary_on(
+        &broken,
+        &run_dir,
+        &["--nproc", "2", "--launcher", "processes"],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("exited with code 3: the first rank to fail"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_rank_without_its_rank_0_fails_naming_the_address() {
+    let w = shared_world();
+    let run_dir = w.root.join("runs").join("binary-orphan");
+    let _ = std::fs::remove_dir_all(&run_dir);
+    // Started by Slurm as rank 1 of 4 with nobody listening where rank 0 should be.
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let out = train_binary(
+        &run_dir,
+        &["--max-steps", "1", "--dist-timeout", "1"],
         &[
             ("SLURM_PROCID", "1"),
             ("SLURM_NTASKS", "4"),
             ("SLURM_JOB_NODELIST", "gpu[1-2]"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", port.as_str()),
         ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("slurm started this process as rank 1 of 4"),
+        stderr.contains(&format!(
+            "rank 1: rank 0's rendezvous at 127.0.0.1:{port} did not answer"
+        )),
         "{stderr}"
     );
-    assert!(stderr.contains("train --nproc 4"), "{stderr}");
 }

@@ -27,7 +27,9 @@
 //! - `reader.rs`: [`ShardFile`], [`TableReader`], [`Dataset`];
 //! - `verify.rs`: [`verify_dataset`] and [`merge_datasets`];
 //! - `describe.rs`: readable dumps; `example.rs`: a small example dataset;
-//! - `error.rs`: [`ShardError`].
+//! - `error.rs`: [`ShardError`];
+//! - `features.rs` (public module `roomplan_prep::shard::features`): feature folders, the frozen
+//!   VGGT's outputs once per scene (`tools cache-features`), their schema and pins.
 //!
 //! The manifest ([`crate::manifest`]), the rejects log ([`crate::rejects`]) and the staging of a new
 //! dataset beside an old one ([`crate::staging`]) are modules of their own beside this one.
@@ -37,6 +39,7 @@ mod batch;
 mod describe;
 mod error;
 mod example;
+pub mod features;
 mod reader;
 mod records;
 mod schema;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cache_features;
 mod eval;
 mod export;
 mod font;
@@ -37,6 +38,9 @@ enum Command {
     Eval(eval::EvalCommand),
     /// Fill in or update the digests an experiment file pins (datasets, model files).
     Pin(pin::PinArgs),
+    /// Run the frozen VGGT aggregator once per scene into the feature folders an experiment names
+    /// (data.datasets[].features), for `train` to read instead of running VGGT per sample.
+    CacheFeatures(cache_features::CacheFeaturesArgs),
     /// Chart training runs (loss, learning rates, grad norm, evaluation metrics; PNG and SVG) and
     /// write a report.md into each run directory.
     Plot(plot::PlotArgs),
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::Parity(args) => parity::run(args),
         Command::Eval(cmd) => eval::run(cmd),
         Command::Pin(args) => pin::run(args),
+        Command::CacheFeatures(args) => cache_features::run(args),
         Command::Plot(args) => plot::run(&args),
     };
     match result {

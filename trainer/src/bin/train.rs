@@ -6,23 +6,25 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use roomplan_trainer::train::dist::tcp::TcpGroup;
+use roomplan_trainer::train::dist::{launch, spawn};
 use roomplan_trainer::train::predict::{predict, PredictOptions};
-use roomplan_trainer::train::run::{train, TrainOptions};
-use roomplan_trainer::train::dist::launch;
+use roomplan_trainer::train::run::{run_dir_of, train, train_as_rank, TrainOptions};
 use roomplan_trainer::train::{pins, tiny, NonFinite, PinsFailed, EXIT_NON_FINITE, EXIT_PINS};
 
 /// Train the VGGT → Perceiver → Qwen3 + LoRA model on prepared shards.
 ///
 /// `train EXPERIMENT` verifies every pin of the experiment (dataset manifests, model files), then
 /// trains, writing metrics, checkpoints and the resolved experiment into a run directory.
-/// Exit codes: 0 done, 1 error, 2 usage, 3 a pin does not hold, 4 non-finite loss or gradients.
+/// Exit codes: 0 done, 1 error, 2 usage, 3 a pin does not hold, 4 non-finite loss or gradients,
+/// 5 a collective timed out (NCCL); with `--launcher processes`, the first failed rank's code.
 #[derive(Parser, Debug)]
 #[command(
     name = "train",
     version,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    after_help = "Examples:\n  train tiny\n  train tiny --run-dir data/runs/t1 --max-steps 20 --set train.micro_batch=2\n  train tiny --run-dir data/runs/t1 --resume\n  train tiny --nproc 2 --run-dir data/runs/t2   # 2 data-parallel ranks\n  train predict --run-dir data/runs/t1 --dataset data/shards/scanqa --split val --out preds.jsonl\n  train make-tiny --out data/models/tiny --dataset data/shards/scanqa --dataset data/shards/sqa3d"
+    after_help = "Examples:\n  train tiny\n  train tiny --run-dir data/runs/t1 --max-steps 20 --set train.micro_batch=2\n  train tiny --run-dir data/runs/t1 --resume\n  train tiny --nproc 2 --run-dir data/runs/t2   # 2 data-parallel ranks\n  train tiny --nproc 2 --launcher processes     # one process per rank (per GPU with CUDA)\n  train predict --run-dir data/runs/t1 --dataset data/shards/scanqa --split val --out preds.jsonl\n  train make-tiny --out data/models/tiny --dataset data/shards/scanqa --dataset data/shards/sqa3d"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -53,15 +55,34 @@ struct RunArgs {
     /// Threads decoding views in the background (per rank).
     #[arg(long, default_value_t = 2)]
     loader_threads: usize,
-    /// Data-parallel ranks on this machine. Without CUDA they run as threads of this process with
-    /// CPU collectives; each takes a disjoint slice of every global micro-batch
-    /// (train.micro_batch samples per rank), so the global batch grows with N.
+    /// Data-parallel ranks on this machine; each takes a disjoint slice of every global
+    /// micro-batch (train.micro_batch samples per rank), so the global batch grows with N.
     #[arg(long, default_value_t = 1, value_name = "N")]
     nproc: usize,
+    /// How --nproc starts its ranks: `threads` of this process (CPU collectives in memory), or
+    /// `processes`: this binary re-executed once per rank with torchrun's variables (RANK,
+    /// LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), each on GPU LOCAL_RANK with NCCL in a
+    /// CUDA build on a GPU machine, else with CPU collectives over TCP; the first rank that fails
+    /// is named and its exit code becomes this one's. `auto`: processes when this build has CUDA
+    /// and a GPU is present, else threads.
+    #[arg(long, value_enum, default_value_t = Launcher::Auto)]
+    launcher: Launcher,
     /// Seconds a rank waits for the others at a collective before failing with the missing
     /// rank's number (must cover rank 0's evaluation and checkpoint writing).
     #[arg(long, default_value_t = 1800, value_name = "SECONDS")]
     dist_timeout: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Launcher {
+    Auto,
+    Threads,
+    Processes,
+}
+
+/// Whether this build can run NCCL on a GPU here.
+fn gpu_present() -> bool {
+    roomplan_trainer::train::run::gpu_count() > 0
 }
 
 #[derive(Args, Debug)]
@@ -126,7 +147,9 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
         // candle's CPU kernels read RAYON_NUM_THREADS; rayon's global pool is built from it too.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
     }
     Ok(())
 }
@@ -150,30 +173,62 @@ fn run(cli: Cli) -> Result<()> {
                 nproc: r.nproc,
                 dist_timeout: Some(std::time::Duration::from_secs(r.dist_timeout)),
             };
-            #[cfg(feature = "cuda")]
-            if let Some(env) = launched.as_ref().filter(|e| e.world_size > 1) {
+            let timeout = std::time::Duration::from_secs(r.dist_timeout);
+            if let Some(env) = launched.filter(|e| e.world_size > 1) {
+                // One rank of a multi-process job (torchrun, srun, or --launcher processes).
                 anyhow::ensure!(
                     r.nproc <= 1,
-                    "--nproc starts ranks itself; this process was launched as rank {} of {}",
-                    env.rank,
-                    env.world_size
-                );
-                let device = candle_core::Device::new_cuda(env.local_rank)?;
-                let timeout = std::time::Duration::from_secs(r.dist_timeout);
-                let comm = roomplan_trainer::train::dist::nccl::NcclGroup::join(env, &device, timeout)?;
-                roomplan_trainer::train::run::train_as_rank(&options, &comm, &device)?;
-                return Ok(());
-            }
-            if let Some(env) = launched.filter(|e| e.world_size > 1) {
-                anyhow::bail!(
-                    "{} started this process as rank {} of {}: one process per rank needs the NCCL \
-                     backend, which this build does not have (build with --features cuda); on \
-                     one machine use `train --nproc {}` (ranks as threads, CPU collectives)",
+                    "--nproc starts ranks itself; {} started this process as rank {} of {}",
                     env.source,
                     env.rank,
-                    env.world_size,
                     env.world_size
                 );
+                #[cfg(feature = "cuda")]
+                if gpu_present() {
+                    let device = candle_core::Device::new_cuda(env.local_rank)?;
+                    let comm = roomplan_trainer::train::dist::nccl::NcclGroup::join(
+                        &env, &device, timeout,
+                    )?;
+                    roomplan_trainer::train::run::train_as_rank(&options, &comm, &device)?;
+                    return Ok(());
+                }
+                if env.rank == 0 {
+                    eprintln!(
+                        "{} ranks as processes ({}), CPU collectives over TCP through rank 0 on port {}",
+                        env.world_size, env.source, env.master_port
+                    );
+                }
+                let comm = TcpGroup::join(&env, timeout)?;
+                train_as_rank(&options, &comm, &candle_core::Device::Cpu)?;
+                return Ok(());
+            }
+            let processes = match r.launcher {
+                Launcher::Processes => true,
+                Launcher::Threads => false,
+                Launcher::Auto => gpu_present(),
+            };
+            if r.nproc > 1 && processes {
+                let run_dir = run_dir_of(&options)?;
+                let args: Vec<String> = std::env::args().skip(1).collect();
+                let port = match std::env::var("MASTER_PORT") {
+                    Ok(p) => p
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("MASTER_PORT={p:?} is not a port"))?,
+                    Err(_) => spawn::free_port()?,
+                };
+                eprintln!(
+                    "{} data-parallel ranks as processes (rank 0 on port {port})",
+                    r.nproc
+                );
+                spawn::run_processes(
+                    &std::env::current_exe()?,
+                    &spawn::child_args(&args, &run_dir),
+                    r.nproc,
+                    "127.0.0.1",
+                    port,
+                    spawn::KILL_GRACE,
+                )?;
+                return Ok(());
             }
             train(&options)?;
         }
@@ -194,7 +249,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::MakeTiny(t)) => {
             let corpus = tiny::corpus(&t.datasets)?;
-            let models = tiny::write_tiny_models(&t.out, t.seed, &tiny::TinySizes::default(), &corpus)?;
+            let models =
+                tiny::write_tiny_models(&t.out, t.seed, &tiny::TinySizes::default(), &corpus)?;
             for dir in [&models.qwen3, &models.vggt] {
                 let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
                     .map(|e| e.map(|e| e.path()))
@@ -215,7 +271,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            let code = if e.downcast_ref::<PinsFailed>().is_some() {
+            let code = if let Some(failed) = e.downcast_ref::<spawn::RankFailed>() {
+                failed.code
+            } else if e.downcast_ref::<PinsFailed>().is_some() {
                 EXIT_PINS
             } else if e.downcast_ref::<NonFinite>().is_some() {
                 EXIT_NON_FINITE

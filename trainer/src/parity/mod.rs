@@ -8,7 +8,39 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
+
+/// How a parity run is done.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where the models run (`tools parity --device`); references are moved there to compare.
+    pub device: Device,
+    /// A folder made by `tools/parity/qwen3_bf16.py` (PyTorch's own bf16 outputs of the Qwen3
+    /// fixture): the bf16 checks compare with it relative to the values' scale, instead of with
+    /// the f32 reference under an absolute gate.
+    pub bf16_reference: Option<PathBuf>,
+}
+
+/// `cpu`, `cuda` (GPU 0) or `cuda:N`.
+pub fn parse_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::new_cuda(0)?),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(Device::new_cuda(n)?),
+            _ => anyhow::bail!("device {other:?}: expected cpu, cuda or cuda:N"),
+        },
+    }
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            bf16_reference: None,
+        }
+    }
+}
 
 /// One compared output.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +106,25 @@ impl ParityReport {
 
     pub fn failures(&self) -> impl Iterator<Item = &Check> {
         self.checks.iter().filter(|c| !c.passed())
+    }
+
+    /// Compares two tensors with a tolerance of `relative` × max |reference| (at least
+    /// `relative` × 1e-6, so an all-zero reference still compares).
+    pub fn compare_relative(
+        &mut self,
+        name: impl Into<String>,
+        ours: &Tensor,
+        reference: &Tensor,
+        relative: f64,
+    ) -> Result<()> {
+        let scale = reference
+            .to_dtype(DType::F64)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f64>()?
+            .max(1e-6);
+        self.compare(name, ours, reference, relative * scale)
     }
 
     pub fn get(&self, name: &str) -> Option<&Check> {

@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde::Deserialize;
 
-use crate::parity::ParityReport;
 use crate::model::vggt::{Config, Dinov2Config};
 use crate::model::vggt_load::VggtCheckpoint;
+use crate::parity::{ParityReport, RunOptions};
 
 /// Gate on every output layer (the README's suggestion: reference noise is ≤ 6e-6).
 pub const OUTPUT_TOLERANCE: f64 = 2e-5;
@@ -76,8 +76,13 @@ fn read_folder_config(folder: &Path) -> Result<(Config, FolderConfig)> {
 /// Runs every case of `folder` in float32 on the CPU and returns one check per compared tensor,
 /// plus the `weights.pt` ≡ `weights.safetensors` check.
 pub fn run(folder: &Path) -> Result<ParityReport> {
+    run_with(folder, &RunOptions::default())
+}
+
+/// [`run`] on `opts.device` (the golden tensors are loaded there).
+pub fn run_with(folder: &Path, opts: &RunOptions) -> Result<ParityReport> {
     let (cfg, spec) = read_folder_config(folder)?;
-    let device = Device::Cpu;
+    let device = opts.device.clone();
     let mut report = ParityReport::new("vggt", folder);
 
     let st = VggtCheckpoint::open(folder.join(&spec.weights_file), None)?;

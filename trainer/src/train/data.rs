@@ -47,6 +47,8 @@ pub struct Source {
     pub train_rows: Vec<usize>,
     pub eval_rows: Vec<usize>,
     pub eval_split: String,
+    /// Cached VGGT features of the dataset's scenes, when the experiment names them.
+    pub features: Option<roomplan_prep::shard::features::FeatureStore>,
 }
 
 /// A sample ready for the model (images still on the host, not yet through VGGT).
@@ -54,8 +56,11 @@ pub struct Source {
 pub struct Example {
     pub sample_id: String,
     pub source: usize,
-    /// `[S, 3, H, W]` in [0, 1].
+    /// `[S, 3, H, W]` in [0, 1]; empty (`[0, 3, 0, 0]`) when `vision` comes from cached features.
     pub images: Tensor,
+    /// The kept views' cached VGGT features, `[S·P, C]` f32 (what `encode_views` gives for them,
+    /// computed with all of the scene's first `views_per_sample` views), or `None`: VGGT runs live.
+    pub vision: Option<Tensor>,
     pub geometry: Option<Vec<ViewGeometry>>,
     pub text: TrainingExample,
     /// Prompt tokens cut to fit `max_seq_len`.
@@ -93,7 +98,10 @@ pub struct Corpus {
 pub fn derive_seed(seed: u64, parts: &[u64]) -> u64 {
     let mut x = seed;
     for &p in parts {
-        x ^= p.wrapping_add(0x9e3779b97f4a7c15).wrapping_add(x << 6).wrapping_add(x >> 2);
+        x ^= p
+            .wrapping_add(0x9e3779b97f4a7c15)
+            .wrapping_add(x << 6)
+            .wrapping_add(x >> 2);
         x = x.wrapping_add(0x9e3779b97f4a7c15);
         let mut z = x;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
@@ -112,7 +120,11 @@ pub const STREAM_INIT: u64 = 4;
 impl Corpus {
     /// Opens `datasets` (the experiment's, already verified by its pins, or one given to
     /// `train predict`) with the experiment's prompt settings.
-    pub fn new(exp: &Experiment, tokenizer: ChatTokenizer, datasets: &[DatasetSpec]) -> Result<Self> {
+    pub fn new(
+        exp: &Experiment,
+        tokenizer: ChatTokenizer,
+        datasets: &[DatasetSpec],
+    ) -> Result<Self> {
         let mut sources = Vec::new();
         for spec in datasets {
             let dataset = Dataset::open(&spec.path)
@@ -128,6 +140,21 @@ impl Corpus {
                     eval_rows.push(row);
                 }
             }
+            let features = match &spec.features {
+                Some(f) => {
+                    ensure!(
+                        !exp.data.blank_views,
+                        "dataset {}: cached features are of the real images; data.blank_views \
+                         needs VGGT live (remove data.datasets[].features)",
+                        spec.name
+                    );
+                    Some(
+                        roomplan_prep::shard::features::FeatureStore::open(&f.path)
+                            .with_context(|| format!("features of dataset {}", spec.name))?,
+                    )
+                }
+                None => None,
+            };
             sources.push(Source {
                 name: spec.name.clone(),
                 weight: spec.weight,
@@ -135,6 +162,7 @@ impl Corpus {
                 train_rows,
                 eval_rows,
                 eval_split: spec.eval_split.clone(),
+                features,
             });
         }
         Ok(Self {
@@ -225,7 +253,11 @@ impl Corpus {
             format!(
                 "dataset {source}, sample {}: no {} to train on",
                 sample.sample_id,
-                if self.stage == 3 { "action_json" } else { "answer" }
+                if self.stage == 3 {
+                    "action_json"
+                } else {
+                    "answer"
+                }
             )
         })
     }
@@ -246,32 +278,82 @@ impl Corpus {
             .dataset
             .scene_by_id(&record.scene_id)?
             .with_context(|| format!("{what}: scene {} is not in the dataset", record.scene_id))?;
-        let mut views: Vec<_> = scene.views.iter().take(self.views_per_sample).collect();
-        ensure!(!views.is_empty(), "{what}: scene {} has no views", scene.scene_id);
+        let all_views: Vec<_> = scene.views.iter().take(self.views_per_sample).collect();
+        ensure!(
+            !all_views.is_empty(),
+            "{what}: scene {} has no views",
+            scene.scene_id
+        );
+        // Indices into `all_views` of the views this sample keeps.
+        let mut kept: Vec<usize> = (0..all_views.len()).collect();
         if let (Some(stream), true) = (dropout_stream, self.view_dropout > 0.0) {
             let mut rng = ChaCha8Rng::seed_from_u64(stream);
-            let keep: Vec<bool> = views
+            let keep: Vec<bool> = all_views
                 .iter()
                 .map(|_| rng.random::<f64>() >= self.view_dropout)
                 .collect();
             if keep.iter().any(|&k| k) {
-                views = views.into_iter().zip(keep).filter(|(_, k)| *k).map(|(v, _)| v).collect();
+                kept = (0..all_views.len()).filter(|&i| keep[i]).collect();
             } else {
-                let one = rng.random_range(0..views.len());
-                views = vec![views[one]];
+                kept = vec![rng.random_range(0..all_views.len())];
             }
         }
-        let images = views
-            .iter()
-            .map(|v| {
-                decode_stored_image(&v.image, &format!("{what}, view {}", v.frame_id))
-                    .map_err(anyhow::Error::from)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut images = stack_images(&images, &Device::Cpu)?;
-        if self.blank_views {
-            images = (images.zeros_like()? + 0.5)?;
-        }
+        let views: Vec<_> = kept.iter().map(|&i| all_views[i]).collect();
+        let (images, vision) =
+            match &src.features {
+                Some(store) => {
+                    let cached = store.scene(&scene.scene_id).with_context(|| what.clone())?;
+                    let m = store.manifest();
+                    let frames: Vec<&str> = all_views.iter().map(|v| v.frame_id.as_str()).collect();
+                    ensure!(
+                    cached.frame_ids.iter().map(String::as_str).eq(frames.iter().copied()),
+                    "{what}: the cached features of scene {} are of views {:?}, the sample's are \
+                     {frames:?} (rerun tools cache-features)",
+                    scene.scene_id,
+                    cached.frame_ids
+                );
+                    for v in &views {
+                        ensure!(
+                            [v.width, v.height] == m.pins.image_size,
+                            "{what}, view {}: {}×{} pixels, the features were computed at {:?}",
+                            v.frame_id,
+                            v.width,
+                            v.height,
+                            m.pins.image_size
+                        );
+                    }
+                    let per_view = m.tokens_per_view * m.channels;
+                    let values: Vec<f32> = kept
+                        .iter()
+                        .flat_map(|&i| {
+                            cached.values[i * per_view..(i + 1) * per_view]
+                                .iter()
+                                .copied()
+                        })
+                        .collect();
+                    let vision = Tensor::from_vec(
+                        values,
+                        (kept.len() * m.tokens_per_view, m.channels),
+                        &Device::Cpu,
+                    )?;
+                    let empty = Tensor::zeros((0, 3, 0, 0), candle_core::DType::F32, &Device::Cpu)?;
+                    (empty, Some(vision))
+                }
+                None => {
+                    let images = views
+                        .iter()
+                        .map(|v| {
+                            decode_stored_image(&v.image, &format!("{what}, view {}", v.frame_id))
+                                .map_err(anyhow::Error::from)
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let mut images = stack_images(&images, &Device::Cpu)?;
+                    if self.blank_views {
+                        images = (images.zeros_like()? + 0.5)?;
+                    }
+                    (images, None)
+                }
+            };
         let mut geometry = Vec::new();
         for v in &views {
             if let Some(g) = &v.geometry {
@@ -314,6 +396,7 @@ impl Corpus {
             sample_id: record.sample_id.clone(),
             source,
             images,
+            vision,
             geometry: (!geometry.is_empty()).then_some(geometry),
             text,
             truncated,
@@ -352,7 +435,10 @@ pub fn truncate_prompt(
              ({} image slots, {} answer tokens): raise data.max_seq_len",
             ex.ids.len(),
             ex.image_positions.len(),
-            ex.labels.iter().filter(|&&l| l != crate::model::chat::IGNORE_INDEX).count()
+            ex.labels
+                .iter()
+                .filter(|&&l| l != crate::model::chat::IGNORE_INDEX)
+                .count()
         );
     }
     ex.ids.drain(start..start + excess);

@@ -43,6 +43,15 @@ pub enum FrozenDtype {
 }
 
 impl FrozenDtype {
+    /// The name an experiment spells (`f32`, `bf16`, `f16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FrozenDtype::F32 => "f32",
+            FrozenDtype::Bf16 => "bf16",
+            FrozenDtype::F16 => "f16",
+        }
+    }
+
     pub fn dtype(self) -> candle_core::DType {
         match self {
             FrozenDtype::F32 => candle_core::DType::F32,
@@ -168,6 +177,20 @@ pub struct DatasetSpec {
     pub train_split: String,
     /// Split used for evaluation during training and by default for prediction.
     pub eval_split: String,
+    /// Cached VGGT features of this dataset's scenes (`tools cache-features`): training and
+    /// evaluation read them instead of running the aggregator. Absent: VGGT runs live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<FeaturesSpec>,
+}
+
+/// A feature folder (prep's `features` contract) and its pinned digest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesSpec {
+    /// Where `tools cache-features` writes and `train` reads the features.
+    pub path: PathBuf,
+    /// The feature manifest's digest; null until pinned (`tools pin`).
+    pub digest: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

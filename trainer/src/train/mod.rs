@@ -9,6 +9,7 @@ pub mod data;
 pub mod dist;
 pub mod evaluate;
 pub mod experiment;
+pub mod features;
 pub mod metrics;
 pub mod optim;
 pub mod pins;

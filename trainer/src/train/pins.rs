@@ -88,6 +88,9 @@ pub struct Pinned {
 pub enum PinnedKind {
     File,
     Dataset,
+    /// A feature folder (`tools cache-features`): its manifest's digest, after checking the
+    /// table's sha256.
+    Features,
 }
 
 impl Pinned {
@@ -109,7 +112,8 @@ pub fn resolve_file(spec: &FilesSpec, file: &str) -> Result<PathBuf> {
     Fetcher::new(source)?.require(file)
 }
 
-/// Every digest the experiment names, in a fixed order: datasets, then the LLM's files, then VGGT's.
+/// Every digest the experiment names, in a fixed order: datasets (each followed by its cached
+/// features, if any), then the LLM's files, then VGGT's.
 pub fn pinned_inputs(exp: &Experiment) -> Vec<Result<Pinned>> {
     let mut out = Vec::new();
     for (i, ds) in exp.data.datasets.iter().enumerate() {
@@ -125,11 +129,23 @@ pub fn pinned_inputs(exp: &Experiment) -> Vec<Result<Pinned>> {
             expected: ds.manifest_digest.clone(),
             kind: PinnedKind::Dataset,
         }));
+        if let Some(f) = &ds.features {
+            out.push(Ok(Pinned {
+                what: format!("features of dataset {}", ds.name),
+                key_path: vec![
+                    "data".into(),
+                    "datasets".into(),
+                    i.to_string(),
+                    "features".into(),
+                    "digest".into(),
+                ],
+                path: f.path.clone(),
+                expected: f.digest.clone(),
+                kind: PinnedKind::Features,
+            }));
+        }
     }
-    for (model, spec) in [
-        ("llm", &exp.model.llm),
-        ("vggt", &exp.model.vggt.weights),
-    ] {
+    for (model, spec) in [("llm", &exp.model.llm), ("vggt", &exp.model.vggt.weights)] {
         for (file, digest) in &spec.files {
             let mut key_path = vec!["model".to_string(), model.to_string()];
             if model == "vggt" {
@@ -194,11 +210,67 @@ pub fn verify(exp: &Experiment, cache: &mut HashCache) -> Result<Vec<Pin>, Vec<P
             }),
         }
     }
+    problems.extend(feature_pin_problems(exp));
     if problems.is_empty() {
         Ok(pins)
     } else {
         Err(problems)
     }
+}
+
+/// What the experiment's cached features were computed under against what the experiment says:
+/// the dataset's manifest digest, the VGGT checkpoint's sha256, the output layers, the dtype and
+/// the views per scene. Feature folders that cannot be read are reported by their digest pin.
+pub fn feature_pin_problems(exp: &Experiment) -> Vec<PinProblem> {
+    let mut problems = Vec::new();
+    let vggt = &exp.model.vggt;
+    let checkpoint_pin = vggt.weights.files.get(&vggt.checkpoint).cloned().flatten();
+    for (i, ds) in exp.data.datasets.iter().enumerate() {
+        let Some(spec) = &ds.features else { continue };
+        let Ok(manifest) = roomplan_prep::shard::features::FeatureManifest::read(&spec.path) else {
+            continue;
+        };
+        let p = &manifest.pins;
+        let field = |what: &str| format!("data.datasets.{i}.features ({what})");
+        let mut differ = |what: &str, experiment: String, features: String| {
+            if experiment != features {
+                problems.push(PinProblem::Unusable {
+                    field: field(what),
+                    detail: format!(
+                        "{}: computed with {what} {features}, the experiment has {experiment} \
+                         (rerun tools cache-features)",
+                        spec.path.display()
+                    ),
+                });
+            }
+        };
+        differ(
+            "dataset manifest digest",
+            ds.manifest_digest.clone().unwrap_or_else(|| "null".into()),
+            p.scenes_manifest_digest.clone(),
+        );
+        differ(
+            &format!("VGGT weights sha256 ({})", vggt.checkpoint),
+            checkpoint_pin.clone().unwrap_or_else(|| "null".into()),
+            p.vggt_weights_sha256.clone(),
+        );
+        differ(
+            "layers",
+            format!("{:?}", vggt.layers),
+            format!("{:?}", p.layers),
+        );
+        differ(
+            "dtype",
+            exp.model.frozen_dtype.name().into(),
+            p.dtype.clone(),
+        );
+        differ(
+            "views per scene",
+            exp.data.views_per_sample.to_string(),
+            p.views_per_scene.to_string(),
+        );
+    }
+    problems
 }
 
 /// The current digest of a pinned input, and whether it came from the cache. A dataset must also
@@ -217,6 +289,11 @@ fn digest_of(item: &Pinned, cache: &mut HashCache) -> Result<(String, bool)> {
                 );
             }
             Ok((report.digest, false))
+        }
+        PinnedKind::Features => {
+            let store = roomplan_prep::shard::features::FeatureStore::open(&item.path)
+                .with_context(|| format!("features {}", item.path.display()))?;
+            Ok((store.manifest().digest(), false))
         }
     }
 }
@@ -246,7 +323,9 @@ impl HashCache {
     pub fn default_path() -> Option<PathBuf> {
         let dir = std::env::var_os("ROOMPLAN_CACHE_DIR")
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("roomplan")))
+            .or_else(|| {
+                std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("roomplan"))
+            })
             .or_else(|| {
                 std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("roomplan"))
             })?;
@@ -277,10 +356,10 @@ impl HashCache {
 
     /// The file's sha256 and whether it came from the cache.
     pub fn sha256(&mut self, file: &Path) -> Result<(String, bool)> {
-        let canonical = fs::canonicalize(file)
-            .with_context(|| format!("{}: cannot read", file.display()))?;
-        let meta = fs::metadata(&canonical)
-            .with_context(|| format!("{}: cannot read", file.display()))?;
+        let canonical =
+            fs::canonicalize(file).with_context(|| format!("{}: cannot read", file.display()))?;
+        let meta =
+            fs::metadata(&canonical).with_context(|| format!("{}: cannot read", file.display()))?;
         let key = canonical.to_string_lossy().into_owned();
         let stamp = file_stamp(&meta);
         if self.path.is_some() {
@@ -391,10 +470,16 @@ fn key_of(line: &str) -> Option<(usize, bool, String)> {
     }
     let indent = line.len() - trimmed.len();
     let (item, rest, indent) = match trimmed.strip_prefix("- ") {
-        Some(rest) => (true, rest.trim_start(), indent + (trimmed.len() - rest.trim_start().len())),
+        Some(rest) => (
+            true,
+            rest.trim_start(),
+            indent + (trimmed.len() - rest.trim_start().len()),
+        ),
         None => (false, trimmed, indent),
     };
-    let colon = rest.find(": ").or_else(|| rest.ends_with(':').then(|| rest.len() - 1))?;
+    let colon = rest
+        .find(": ")
+        .or_else(|| rest.ends_with(':').then(|| rest.len() - 1))?;
     let key = rest[..colon].trim().trim_matches(|c| c == '"' || c == '\'');
     Some((indent, item, key.to_string()))
 }
@@ -437,7 +522,10 @@ fn find_key_line(lines: &[String], path: &[String]) -> Option<usize> {
             return Some(found);
         }
         let block_end = (found + 1..end)
-            .find(|&i| key_of(&lines[i]).is_some_and(|(ind, item, _)| ind < indent || (ind == indent && !item)))
+            .find(|&i| {
+                key_of(&lines[i])
+                    .is_some_and(|(ind, item, _)| ind < indent || (ind == indent && !item))
+            })
             .unwrap_or(end);
         start = found + 1;
         end = block_end;
@@ -499,7 +587,10 @@ pub fn pin_experiment(path: &Path, cache: &mut HashCache) -> Result<Vec<PinUpdat
             .collect();
         let want: Vec<Option<String>> = updates.iter().map(|u| Some(u.new.clone())).collect();
         if got != want {
-            bail!("{}: rewriting the digests changed something else; edit by hand", path.display());
+            bail!(
+                "{}: rewriting the digests changed something else; edit by hand",
+                path.display()
+            );
         }
         roomplan_prep::shard::write_atomic(path, new_text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
@@ -549,7 +640,10 @@ data:
         )
         .unwrap();
         let expected = TEXT
-            .replace("config.json: null   # pinned", "config.json: 111   # pinned")
+            .replace(
+                "config.json: null   # pinned",
+                "config.json: 111   # pinned",
+            )
             .replace("config.json: bbb", "config.json: 222")
             .replace("manifest_digest: ccc", "manifest_digest: 333")
             .replace("manifest_digest: null", "manifest_digest: 444");
@@ -558,12 +652,24 @@ data:
 
     #[test]
     fn pin_text_names_a_path_it_cannot_find() {
-        let err = pin_text(TEXT, &[(path("data/datasets/2/manifest_digest"), "1".into())])
-            .unwrap_err();
-        assert!(err.to_string().contains("data.datasets.2.manifest_digest"), "{err}");
-        let err = pin_text(TEXT, &[(path("model/llm/files/tokenizer.json"), "1".into())])
-            .unwrap_err();
-        assert!(err.to_string().contains("model.llm.files.tokenizer.json"), "{err}");
+        let err = pin_text(
+            TEXT,
+            &[(path("data/datasets/2/manifest_digest"), "1".into())],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("data.datasets.2.manifest_digest"),
+            "{err}"
+        );
+        let err = pin_text(
+            TEXT,
+            &[(path("model/llm/files/tokenizer.json"), "1".into())],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("model.llm.files.tokenizer.json"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub fn predict(opts: &PredictOptions) -> Result<PredictSummary> {
         weight: 1.0,
         train_split: same.map_or_else(|| "train".into(), |d| d.train_split.clone()),
         eval_split: opts.split.clone(),
+        // Prediction runs VGGT live: the folder may be any dataset, not the pinned one.
+        features: None,
     };
     let corpus = Arc::new(Corpus::new(&exp, asm.tokenizer.clone(), &[spec])?);
     let rows = corpus.eval_rows(0, opts.limit.unwrap_or(usize::MAX)).to_vec();

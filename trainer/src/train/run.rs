@@ -85,11 +85,25 @@ pub fn param_groups(vars: &[(String, Var)], o: &OptimSpec) -> Vec<ParamGroup> {
     .collect()
 }
 
+/// CUDA GPUs this process can use: 0 without the `cuda` feature (candle's `cuda_is_available`
+/// only says how it was built, so ask the driver).
+pub fn gpu_count() -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda::cudarc::driver::CudaContext;
+        CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        0
+    }
+}
+
 /// The device runs use: the first CUDA GPU when built with `cuda` and one is present, else the CPU.
 pub fn device() -> Result<Device> {
     #[cfg(feature = "cuda")]
     {
-        if candle_core::utils::cuda_is_available() {
+        if gpu_count() > 0 {
             return Ok(Device::new_cuda(0)?);
         }
     }
@@ -158,8 +172,8 @@ pub const DEFAULT_DIST_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Runs (or resumes) training; returns the run directory. With `nproc` > 1, that many
 /// data-parallel ranks run as threads of this process ([`threads::ThreadGroup`]).
 pub fn train(opts: &TrainOptions) -> Result<PathBuf> {
-    let (exp, run_dir) = prepare(opts, true)?;
     let world = opts.nproc.max(1);
+    let (exp, run_dir) = prepare(opts, true, world)?;
     let device = device()?;
     if world == 1 {
         train_rank(opts, &exp, &run_dir, &Single, &device)?;
@@ -179,7 +193,7 @@ pub fn train(opts: &TrainOptions) -> Result<PathBuf> {
 /// Runs this process as one rank of a multi-process job (one process per GPU, `comm` joined
 /// already, `device` this rank's GPU): every rank verifies the pins, rank 0 alone records the run.
 pub fn train_as_rank(opts: &TrainOptions, comm: &dyn Collective, device: &Device) -> Result<PathBuf> {
-    let (exp, run_dir) = prepare(opts, comm.rank() == 0)?;
+    let (exp, run_dir) = prepare(opts, comm.rank() == 0, comm.world_size())?;
     train_rank(opts, &exp, &run_dir, comm, device)?;
     Ok(run_dir)
 }
@@ -201,13 +215,9 @@ fn first_cause(errors: Vec<anyhow::Error>) -> Option<anyhow::Error> {
     errors.into_iter().nth(best)
 }
 
-/// Reads the experiment, checks the run directory, verifies the pins and (`lead`: rank 0)
-/// records the run.
-fn prepare(opts: &TrainOptions, lead: bool) -> Result<(Experiment, PathBuf)> {
-    let path = experiment::locate(&opts.experiment)?;
-    let loaded = experiment::load(&path, &opts.overrides)?;
-    let exp = loaded.experiment;
-    let run_dir = match (&opts.run_dir, opts.resume) {
+/// The run directory `opts` names, or a new one: `data/runs/<experiment>-<UTC time>`.
+pub fn resolve_run_dir(opts: &TrainOptions, exp: &Experiment) -> Result<PathBuf> {
+    Ok(match (&opts.run_dir, opts.resume) {
         (Some(d), _) => d.clone(),
         (None, true) => bail!("--resume needs --run-dir (the run to continue)"),
         (None, false) => PathBuf::from("data/runs").join(format!(
@@ -215,7 +225,24 @@ fn prepare(opts: &TrainOptions, lead: bool) -> Result<(Experiment, PathBuf)> {
             exp.name,
             metrics::utc_now().replace(':', "")
         )),
-    };
+    })
+}
+
+/// [`resolve_run_dir`] after reading the experiment `opts` names (a launcher picks the one run
+/// directory of all its ranks).
+pub fn run_dir_of(opts: &TrainOptions) -> Result<PathBuf> {
+    let path = experiment::locate(&opts.experiment)?;
+    let exp = experiment::load(&path, &opts.overrides)?.experiment;
+    resolve_run_dir(opts, &exp)
+}
+
+/// Reads the experiment, checks the run directory, verifies the pins and (`lead`: rank 0)
+/// records the run of `world` ranks.
+fn prepare(opts: &TrainOptions, lead: bool, world: usize) -> Result<(Experiment, PathBuf)> {
+    let path = experiment::locate(&opts.experiment)?;
+    let loaded = experiment::load(&path, &opts.overrides)?;
+    let exp = loaded.experiment;
+    let run_dir = resolve_run_dir(opts, &exp)?;
     if opts.resume {
         // The batch layout may change (another world size keeping the global batch, checked
         // against the checkpoint); everything else must be as the run started.
@@ -255,7 +282,7 @@ fn prepare(opts: &TrainOptions, lead: bool) -> Result<(Experiment, PathBuf)> {
         "cargo_lock_sha256": roomplan_prep::manifest::sha256_hex(CARGO_LOCK),
         "host": host(),
         "threads": rayon::current_num_threads(),
-        "world_size": opts.nproc.max(1),
+        "world_size": world,
         "hash_cache": cache_path,
         "pins_from_hash_cache": pins.iter().filter(|p| p.from_cache).map(|p| p.field.clone()).collect::<Vec<_>>(),
     });
@@ -562,6 +589,13 @@ fn train_rank(
             state.step,
             state.samples_seen,
             run_dir.join(checkpoint::CHECKPOINTS_DIR).display()
+        );
+        use std::sync::atomic::Ordering;
+        // Rank 0's own examples (training, evaluation): the other ranks' are the same in kind.
+        eprintln!(
+            "VGGT aggregator forwards on rank 0: {}; examples from cached features: {}",
+            asm.vggt_forwards.load(Ordering::Relaxed),
+            asm.cached_examples.load(Ordering::Relaxed)
         );
     }
     Ok(())

@@ -23,6 +23,10 @@ pub struct Assembled {
     pub aggregator: Aggregator,
     pub tokenizer: ChatTokenizer,
     pub vggt_layers: Vec<usize>,
+    /// Aggregator forwards run so far (one per example not served from cached features).
+    pub vggt_forwards: std::sync::atomic::AtomicU64,
+    /// Examples served from cached features so far.
+    pub cached_examples: std::sync::atomic::AtomicU64,
 }
 
 /// Weight files of the LLM: the `.safetensors` entries of `model.llm.files`, in name order.
@@ -74,25 +78,7 @@ pub fn assemble(exp: &Experiment, device: &Device) -> Result<Assembled> {
     );
 
     let vspec = &exp.model.vggt;
-    let vcfg: vggt::Config = match vspec.weights.files.contains_key("config.json") {
-        true => {
-            let path = resolve_file(&vspec.weights, "config.json").context("model.vggt")?;
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_str(&text)
-                .with_context(|| format!("{}: not a VGGT aggregator config", path.display()))?
-        }
-        false => vggt::Config::vggt_1b(),
-    };
-    for &l in &vspec.layers {
-        ensure!(
-            l < vcfg.depth,
-            "model.vggt.layers: layer {l} does not exist (the aggregator has {})",
-            vcfg.depth
-        );
-    }
-    let ckpt = resolve_file(&vspec.weights, &vspec.checkpoint).context("model.vggt")?;
-    let aggregator = VggtCheckpoint::open(&ckpt, None)?.load_aggregator(&vcfg, dtype, device)?;
+    let (aggregator, vcfg) = load_aggregator(exp, device)?;
 
     let hidden = llm.config().hidden_size;
     let mut lora_cfg = exp.model.lora.config();
@@ -134,20 +120,62 @@ pub fn assemble(exp: &Experiment, device: &Device) -> Result<Assembled> {
         aggregator,
         tokenizer,
         vggt_layers: vspec.layers.clone(),
+        vggt_forwards: Default::default(),
+        cached_examples: Default::default(),
     })
 }
 
+/// The experiment's frozen VGGT aggregator (in `model.frozen_dtype`) and its config, with the
+/// requested output layers checked against its depth.
+pub fn load_aggregator(exp: &Experiment, device: &Device) -> Result<(Aggregator, vggt::Config)> {
+    let dtype = exp.model.frozen_dtype.dtype();
+    let vspec = &exp.model.vggt;
+    let vcfg: vggt::Config = match vspec.weights.files.contains_key("config.json") {
+        true => {
+            let path = resolve_file(&vspec.weights, "config.json").context("model.vggt")?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a VGGT aggregator config", path.display()))?
+        }
+        false => vggt::Config::vggt_1b(),
+    };
+    for &l in &vspec.layers {
+        ensure!(
+            l < vcfg.depth,
+            "model.vggt.layers: layer {l} does not exist (the aggregator has {})",
+            vcfg.depth
+        );
+    }
+    let ckpt = resolve_file(&vspec.weights, &vspec.checkpoint).context("model.vggt")?;
+    let aggregator = VggtCheckpoint::open(&ckpt, None)?.load_aggregator(&vcfg, dtype, device)?;
+    Ok((aggregator, vcfg))
+}
+
 impl Assembled {
-    /// Runs the frozen aggregator on each example's views and gives the fused model's inputs.
+    /// Runs the frozen aggregator on each example's views (or takes its cached features) and
+    /// gives the fused model's inputs.
     pub fn fused_examples(&self, examples: &[Example]) -> Result<Vec<FusedExample>> {
+        use std::sync::atomic::Ordering;
         let device = self.model.device();
         examples
             .iter()
             .map(|ex| {
-                let images: Tensor = ex.images.to_device(device)?.to_dtype(self.aggregator.dtype())?;
-                let vision = encode_views(&self.aggregator, &images, &self.vggt_layers)
-                    .with_context(|| format!("VGGT on sample {}", ex.sample_id))?
-                    .detach();
+                let vision = match &ex.vision {
+                    Some(cached) => {
+                        self.cached_examples.fetch_add(1, Ordering::Relaxed);
+                        // The dtype the live path gives (the aggregator's).
+                        cached.to_device(device)?.to_dtype(self.aggregator.dtype())?
+                    }
+                    None => {
+                        self.vggt_forwards.fetch_add(1, Ordering::Relaxed);
+                        let images: Tensor =
+                            ex.images.to_device(device)?.to_dtype(self.aggregator.dtype())?;
+                        encode_views(&self.aggregator, &images, &self.vggt_layers)
+                            .with_context(|| format!("VGGT on sample {}", ex.sample_id))?
+                            .detach()
+                    }
+                };
                 Ok(FusedExample {
                     text: ex.text.clone(),
                     vision,

@@ -80,7 +80,10 @@ pub fn write_dataset(dir: &Path, scenes: usize) -> String {
         };
         let questions = [
             ("What color is the room?", name.to_string()),
-            ("Is the room red?", if name == "red" { "yes" } else { "no" }.to_string()),
+            (
+                "Is the room red?",
+                if name == "red" { "yes" } else { "no" }.to_string(),
+            ),
             ("Which color are the walls?", name.to_string()),
         ];
         for (q, (question, answer)) in questions.into_iter().enumerate() {
@@ -213,7 +216,13 @@ pub fn build_with(root: &Path, scenes: usize) -> World {
         vggt_depth: 2,
         vggt_heads: 1,
     };
-    write_tiny_models(&root.join("models"), 3, &sizes, &corpus(&[dataset.clone()]).unwrap()).unwrap();
+    write_tiny_models(
+        &root.join("models"),
+        3,
+        &sizes,
+        &corpus(&[dataset.clone()]).unwrap(),
+    )
+    .unwrap();
     let experiment = root.join("fixture.yaml");
     std::fs::write(&experiment, experiment_text(root)).unwrap();
     let mut cache = roomplan_trainer::train::pins::HashCache::disabled();

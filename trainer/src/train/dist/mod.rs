@@ -5,9 +5,15 @@
 //! - [`Single`]: world size 1, every operation is the identity (the default run);
 //! - [`threads::ThreadGroup`]: ranks as threads of one process, exchanging host copies of the
 //!   tensors (tests, `train --nproc N` on CPU machines);
+//! - [`tcp::TcpGroup`]: one process per rank (any node), host copies exchanged over TCP through
+//!   rank 0, bit-identical to the thread backend (CPU machines without NCCL, and the test of
+//!   the multi-process path);
 //! - `nccl::NcclGroup`: NCCL through cudarc, one process per GPU (feature `cuda`; compiled,
 //!   never run yet), with [`launch`] (rank, world, rendezvous host from torchrun or Slurm
 //!   variables) and [`rendezvous`] (rank 0's NCCL unique id to every rank over TCP).
+//!
+//! [`spawn`] starts one process per rank on this node (`train --nproc N --launcher processes`),
+//! as torchrun does, and turns the first failing child's exit into the parent's.
 //!
 //! Every operation is collective: all ranks call the same operations in the same order. A rank
 //! that does not arrive within the group's timeout makes the others fail with a
@@ -17,6 +23,8 @@ pub mod launch;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod rendezvous;
+pub mod spawn;
+pub mod tcp;
 pub mod threads;
 
 use std::time::Duration;

@@ -63,11 +63,11 @@ pub fn serve_on(
     Ok(())
 }
 
-/// Rank `rank` > 0: rank 0's bytes from `addr:port`, retrying until `timeout`.
-pub fn join(addr: &str, port: u16, rank: usize, timeout: Duration) -> Result<Vec<u8>> {
-    let deadline = Instant::now() + timeout;
+/// A connection to rank 0 at `addr:port`, retrying until `deadline` (rank 0 may start later).
+pub(super) fn connect(addr: &str, port: u16, rank: usize, deadline: Instant) -> Result<TcpStream> {
+    let timeout = deadline.saturating_duration_since(Instant::now());
     let mut last_error = None;
-    let mut stream = loop {
+    loop {
         let addrs: Vec<_> = match (addr, port).to_socket_addrs() {
             Ok(a) => a.collect(),
             Err(e) => {
@@ -85,7 +85,7 @@ pub fn join(addr: &str, port: u16, rank: usize, timeout: Duration) -> Result<Vec
             }
         });
         if let Some(s) = connected {
-            break s;
+            return Ok(s);
         }
         if Instant::now() >= deadline {
             bail!(
@@ -95,7 +95,13 @@ pub fn join(addr: &str, port: u16, rank: usize, timeout: Duration) -> Result<Vec
             );
         }
         std::thread::sleep(Duration::from_millis(100));
-    };
+    }
+}
+
+/// Rank `rank` > 0: rank 0's bytes from `addr:port`, retrying until `timeout`.
+pub fn join(addr: &str, port: u16, rank: usize, timeout: Duration) -> Result<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    let mut stream = connect(addr, port, rank, deadline)?;
     stream.set_read_timeout(Some(
         deadline
             .saturating_duration_since(Instant::now())

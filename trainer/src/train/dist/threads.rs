@@ -16,8 +16,9 @@ use candle_core::{DType, Tensor};
 
 use super::{Collective, CollectiveError, ReduceOp};
 
+/// A tensor's or a byte string's host copy, as the CPU backends exchange it.
 #[derive(Debug, Clone)]
-enum Payload {
+pub(super) enum Payload {
     None,
     F32(Vec<f32>),
     F64(Vec<f64>),
@@ -188,7 +189,7 @@ impl Drop for ThreadGroup {
 }
 
 /// A tensor's host values: f64 tensors as f64, everything else as f32.
-fn to_payload(t: &Tensor) -> Result<Payload> {
+pub(super) fn to_payload(t: &Tensor) -> Result<Payload> {
     let flat = t.flatten_all()?;
     Ok(match t.dtype() {
         DType::F64 => Payload::F64(flat.to_vec1()?),
@@ -196,7 +197,7 @@ fn to_payload(t: &Tensor) -> Result<Payload> {
     })
 }
 
-fn from_payload(p: &Payload, like: &Tensor) -> Result<Tensor> {
+pub(super) fn from_payload(p: &Payload, like: &Tensor) -> Result<Tensor> {
     let t = match p {
         Payload::F32(v) => Tensor::from_slice(v, like.shape(), like.device())?,
         Payload::F64(v) => Tensor::from_slice(v, like.shape(), like.device())?,
@@ -205,12 +206,12 @@ fn from_payload(p: &Payload, like: &Tensor) -> Result<Tensor> {
     Ok(t.to_dtype(like.dtype())?)
 }
 
-fn describe(t: &Tensor) -> String {
+pub(super) fn describe(t: &Tensor) -> String {
     format!("{:?}{:?}", t.dtype(), t.dims())
 }
 
 /// Element-wise sum in rank order (divided by the world size for a mean).
-fn sum(inputs: &mut [Payload], mean: bool) -> Payload {
+pub(super) fn sum(inputs: &mut [Payload], mean: bool) -> Payload {
     fn add<T: Copy + std::ops::AddAssign + std::ops::DivAssign + From<u16>>(
         mut acc: Vec<T>,
         rest: impl Iterator<Item = Vec<T>>,
