@@ -216,8 +216,8 @@ pub fn build_with(root: &Path, scenes: usize) -> World {
     write_tiny_models(&root.join("models"), 3, &sizes, &corpus(&[dataset.clone()]).unwrap()).unwrap();
     let experiment = root.join("fixture.yaml");
     std::fs::write(&experiment, experiment_text(root)).unwrap();
-    let mut cache = roomplan_trainer::train::pins::HashCache::disabled();
-    roomplan_trainer::train::pins::pin_experiment(&experiment, &mut cache).unwrap();
+    let cache = roomplan_trainer::train::pins::HashCache::disabled();
+    roomplan_trainer::train::pins::pin_experiment(&experiment, &cache).unwrap();
     World {
         root: root.to_path_buf(),
         experiment,
