@@ -21,7 +21,7 @@
 
 use std::collections::HashSet;
 
-use image::imageops::{self, FilterType};
+use image::imageops;
 use image::RgbImage;
 use thiserror::Error;
 
@@ -547,6 +547,8 @@ pub enum ImageOpError {
         image_width: u32,
         image_height: u32,
     },
+    #[error("the resampler failed: {0}")]
+    Resampler(String),
     #[error("cannot resize a {image_width}×{image_height} image to {width}×{height}")]
     EmptyResize {
         width: u32,
@@ -646,14 +648,14 @@ impl ImageOp {
         })
     }
 
-    /// Apply the op to the pixels (bicubic resize, like VGGT's PIL BICUBIC).
+    /// Apply the op to the pixels (bicubic resize: Pillow's BICUBIC, as VGGT's preprocessing uses;
+    /// see [`crate::imaging`]).
     pub fn apply_pixels(&self, image: &RgbImage) -> Result<RgbImage, ImageOpError> {
         // Validate through the same map so that pixels and camera accept exactly the same ops.
         self.pixel_map(image.width(), image.height())?;
         Ok(match *self {
-            ImageOp::Resize { width, height } => {
-                imageops::resize(image, width, height, FilterType::CatmullRom)
-            }
+            ImageOp::Resize { width, height } => crate::imaging::resize_rgb(image, width, height)
+                .map_err(|e| ImageOpError::Resampler(e.to_string()))?,
             ImageOp::Crop {
                 x,
                 y,
@@ -772,13 +774,7 @@ impl SizeRule {
 /// Default JPEG quality of stored images.
 pub const JPEG_QUALITY: u8 = 90;
 
-/// Encode an RGB image as baseline JPEG; the same pixels always give the same bytes.
-pub fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, image::ImageError> {
-    let mut out = Vec::new();
-    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
-    image.write_with_encoder(encoder)?;
-    Ok(out)
-}
+pub use crate::imaging::encode_jpeg;
 
 // ---------------------------------------------------------------------------------------------
 // Depth.

@@ -9,7 +9,9 @@ pub mod rejects;
 pub mod json_records;
 pub mod staging;
 pub mod geometry;
+pub mod imaging;
 pub mod pipeline;
+pub mod hash_cache;
 // ScanNet-based datasets (issue 3).
 pub mod scannet;
 pub mod scanqa;

@@ -11,11 +11,12 @@
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::hash_cache::HashCache;
 use crate::geometry::{CoverageParams, DepthBins, SizeRule, ViewSelection, JPEG_QUALITY};
 use crate::manifest::{relative_path, Manifest, Part, RawInput, ToolInfo};
 use crate::rejects::Reject;
@@ -113,6 +114,12 @@ pub struct CommonArgs {
     /// Replace a dataset already in the output folder.
     #[arg(long)]
     pub overwrite: bool,
+
+    /// Hash every raw input again instead of reusing the digests remembered (by path, size, mtime
+    /// and inode) in $ROOMPLAN_CACHE_DIR/sha256.json (default ~/.cache/roomplan/); the output is
+    /// the same either way.
+    #[arg(long)]
+    pub no_hash_cache: bool,
 }
 
 /// How a scene's views become stored images and geometry.
@@ -210,6 +217,11 @@ impl CommonArgs {
         })
     }
 
+    /// The sha256 cache of raw inputs this run uses (disabled with `--no-hash-cache`).
+    pub fn hash_cache(&self) -> Arc<HashCache> {
+        Arc::new(HashCache::open_default(self.no_hash_cache))
+    }
+
     pub fn out_dir(&self, dataset: &str) -> PathBuf {
         self.out
             .clone()
@@ -231,6 +243,8 @@ pub fn part_of_scene(scene_id: &str, count: u32) -> u32 {
 pub struct InputRoot {
     pub name: &'static str,
     pub dir: PathBuf,
+    /// Digests of large raw inputs (`.sens`) already computed by an earlier run.
+    pub hash_cache: Arc<HashCache>,
 }
 
 impl InputRoot {
@@ -242,7 +256,14 @@ impl InputRoot {
         Ok(InputRoot {
             name,
             dir: dir.to_path_buf(),
+            hash_cache: Arc::new(HashCache::disabled()),
         })
+    }
+
+    /// The same root, looking digests up in (and adding them to) `cache`.
+    pub fn with_hash_cache(mut self, cache: Arc<HashCache>) -> InputRoot {
+        self.hash_cache = cache;
+        self
     }
 
     /// `root/rel`, which must exist (a clear error before any work otherwise).
@@ -273,6 +294,14 @@ impl InputRoot {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let input = raw_input_of_bytes(&self.label(path), &bytes);
         Ok((bytes, input))
+    }
+}
+
+/// Saves the digests this run added to the hash cache; a cache that cannot be written costs only
+/// time in a later run, so it is a warning.
+pub fn save_hash_cache(cache: &HashCache) {
+    if let Err(e) = cache.save() {
+        eprintln!("warning: the sha256 cache was not saved: {e:#}");
     }
 }
 

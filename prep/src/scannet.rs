@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::hash_cache::{FileStamp, HashCache};
+use crate::imaging::decode_jpeg_full;
+
 use crate::geometry::{
     depth_histogram, encode_jpeg, mat4_to_row_major, select_coverage, select_uniform, validate_pose, visible_voxels,
     validate_intrinsics, validate_intrinsics4, CameraImage, CoverageParams, DepthMap, DepthStats, Mat3, ReferenceFrame,
@@ -313,6 +316,11 @@ fn check_dims(file: &Path, record: &str, what: &str, w: u64, h: u64) -> Result<(
 }
 
 fn decode_rgb(bytes: &[u8], format: image::ImageFormat, file: &Path, record: &str) -> Result<image::RgbImage> {
+    if format == image::ImageFormat::Jpeg {
+        // The pinned decoder of `crate::imaging`: the same pixels on every CPU.
+        return decode_jpeg_full(bytes, true)
+            .map_err(|e| ScanNetError::format(file, record, format!("cannot decode {format:?} colour: {e}")));
+    }
     let img = image::load_from_memory_with_format(bytes, format)
         .map_err(|e| ScanNetError::format(file, record, format!("cannot decode {format:?} colour: {e}")))?;
     Ok(img.into_rgb8())
@@ -1040,6 +1048,26 @@ impl ScanSource {
         }
     }
 
+    /// Like [`ScanSource::open`] with hashing, but a `.sens` whose digest `cache` remembers (same
+    /// path, size, mtime and inode) is only indexed, not read through sha256; a digest computed
+    /// here is added to the cache. The digest (hex) is the same either way.
+    pub fn open_cached(scan_dir: &Path, scene: &str, cache: &HashCache) -> Result<(Self, Option<String>)> {
+        match detect_scan_form(scan_dir, scene)? {
+            ScanForm::Sens(path) => {
+                let stamp = FileStamp::of(&path)
+                    .map_err(|e| ScanNetError::io(&path, io::Error::other(format!("{e:#}"))))?;
+                if let Some(sha256) = cache.lookup(&stamp) {
+                    return Ok((ScanSource::Sens(Box::new(SensReader::open(&path)?)), Some(sha256)));
+                }
+                let (r, d) = SensReader::open_hashed(&path)?;
+                let sha256 = hex::encode(d);
+                cache.record(&stamp, &sha256);
+                Ok((ScanSource::Sens(Box::new(r)), Some(sha256)))
+            }
+            ScanForm::Export(dir) => Ok((ScanSource::Export(ExportScan::open(&dir)?), None)),
+        }
+    }
+
     /// Every frame with its raw pose, in index order. For an export, pose files are read here,
     /// and a frame lacking its colour, depth or pose file is an error naming the missing file.
     pub fn frames(&self) -> Vec<ScanFrame> {
@@ -1722,7 +1750,7 @@ pub fn prepare_scene(
             Err(e) => rejects.push(Reject::new(root.label(&meta_path), "whole file", e.to_string())),
         }
     }
-    let (source, digest) = match ScanSource::open(&source_dir, scene_id, true) {
+    let (source, digest) = match ScanSource::open_cached(&source_dir, scene_id, &root.hash_cache) {
         Ok(x) => x,
         Err(e) => {
             let reject = Reject::new(source_root.label(e.file()), e.record(), e.reason());
@@ -1732,7 +1760,7 @@ pub fn prepare_scene(
     match &source {
         ScanSource::Sens(r) => {
             let bytes = std::fs::metadata(r.path()).map(|m| m.len()).unwrap_or(0);
-            let sha256 = hex::encode(digest.expect("opened with hashing"));
+            let sha256 = digest.expect("a .sens is opened with its digest");
             raw_inputs.push(RawInput {
                 path: source_root.label(r.path()),
                 kind: RawInputKind::File,

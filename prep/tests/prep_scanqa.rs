@@ -259,6 +259,62 @@ fn deterministic_with_one_or_two_threads() {
 }
 
 #[test]
+fn the_hash_cache_changes_nothing_in_the_output() {
+    let tmp = synth(&small_config(ScannetFormat::Sens, true));
+    let raw = raw(&tmp);
+    let cache = tmp.path().join("cache");
+    let (scannet, scanqa) = (raw.join("scannet"), raw.join("scanqa"));
+    let run_to = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut args = vec!["--scannet", path_arg(&scannet), "--scanqa", path_arg(&scanqa), "--out", path_arg(&out)];
+        args.extend_from_slice(extra);
+        let res = run_with_cache(BIN, &args, &cache);
+        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+        files(&out)
+    };
+    // Without the cache; filling it; reading from it: the same bytes, manifest and digest included.
+    let off = run_to("off", &["--no-hash-cache"]);
+    assert!(!cache.exists(), "--no-hash-cache must not write a cache");
+    let filling = run_to("filling", &[]);
+    let entries: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache.join("sha256.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("off/manifest.json")).unwrap()).unwrap();
+    let sens_digests: BTreeSet<String> = manifest["raw_inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["path"].as_str().unwrap().ends_with(".sens"))
+        .map(|i| i["sha256"].as_str().unwrap().to_string())
+        .collect();
+    let cached: BTreeSet<String> = entries
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|e| e["sha256"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!sens_digests.is_empty());
+    assert_eq!(cached, sens_digests, "the cache holds the digest of every .sens, as hashed");
+    let from_cache = run_to("from_cache", &[]);
+    assert_eq!(off, filling);
+    assert_eq!(off, from_cache);
+
+    // The cache is really read: a wrong digest under an unchanged stamp shows in the manifest…
+    let mut poisoned = entries.clone();
+    let (key, _) = entries.as_object().unwrap().iter().next().unwrap();
+    poisoned[key]["sha256"] = serde_json::json!("0".repeat(64));
+    std::fs::write(cache.join("sha256.json"), serde_json::to_vec(&poisoned).unwrap()).unwrap();
+    run_to("poisoned", &[]);
+    let text = std::fs::read_to_string(tmp.path().join("poisoned/manifest.json")).unwrap();
+    assert!(text.contains(&"0".repeat(64)), "a cached digest is used as is");
+    // …and a file whose mtime changed is hashed again.
+    let sens = std::fs::File::options().write(true).open(key).unwrap();
+    sens.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+    drop(sens);
+    assert_eq!(run_to("touched", &[]), off);
+}
+
+#[test]
 fn parts_merge_into_the_whole() {
     let tmp = synth(&small_config(ScannetFormat::Sens, true));
     let raw = raw(&tmp);

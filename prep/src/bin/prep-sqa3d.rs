@@ -10,7 +10,7 @@ use clap::Parser;
 
 use roomplan_prep::manifest::ToolInfo;
 use roomplan_prep::pipeline::{
-    check_out_dir, exit_with, merge_arguments, raw_input_of_bytes, reject_ids_across_files,
+    check_out_dir, exit_with, merge_arguments, save_hash_cache, raw_input_of_bytes, reject_ids_across_files,
     run_scenes, CommonArgs, InputRoot, Prelude, SceneJob, SceneOutput,
 };
 use roomplan_prep::rejects::Reject;
@@ -88,7 +88,8 @@ impl Question {
 
 fn run(args: Args) -> Result<ExitCode> {
     args.common.validate()?;
-    let scannet = InputRoot::new("scannet", &args.scannet)?;
+    let hash_cache = args.common.hash_cache();
+    let scannet = InputRoot::new("scannet", &args.scannet)?.with_hash_cache(hash_cache.clone());
     scannet.require("scans")?;
     let exports = args
         .scannet_exports
@@ -248,6 +249,7 @@ fn run(args: Args) -> Result<ExitCode> {
         }
     })
     .with_context(|| format!("writing {}", out.display()))?;
+    save_hash_cache(&hash_cache);
     Ok(summary.report(args.common.strict))
 }
 

@@ -37,9 +37,19 @@ pub fn raw(tmp: &tempfile::TempDir) -> PathBuf {
     tmp.path().join("raw")
 }
 
-/// Runs a prep binary with arguments.
+/// Runs a prep binary with arguments. Its sha256 cache is one under the system's temporary folder
+/// (never the user's); tests that look at the cache set their own with [`run_with_cache`].
 pub fn run(bin: &str, args: &[&str]) -> Output {
-    let out = Command::new(bin).args(args).output().unwrap();
+    run_with_cache(bin, args, &std::env::temp_dir().join("roomplan-prep-tests-cache"))
+}
+
+/// Runs a prep binary with its sha256 cache in `cache_dir`.
+pub fn run_with_cache(bin: &str, args: &[&str], cache_dir: &Path) -> Output {
+    let out = Command::new(bin)
+        .args(args)
+        .env("ROOMPLAN_CACHE_DIR", cache_dir)
+        .output()
+        .unwrap();
     if !out.status.success() && out.status.code() != Some(3) {
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     }

@@ -29,8 +29,8 @@ pub fn run(args: CacheFeaturesArgs) -> Result<ExitCode> {
     for d in &mut inputs.data.datasets {
         d.features = None;
     }
-    let mut cache = HashCache::default_path().map_or_else(HashCache::disabled, HashCache::open);
-    if let Err(problems) = pins::verify(&inputs, &mut cache) {
+    let cache = HashCache::open_default(false);
+    if let Err(problems) = pins::verify(&inputs, &cache) {
         let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
         bail!("{}: pins do not hold:\n{}", path.display(), list.join("\n"));
     }

@@ -21,11 +21,8 @@ pub struct PinArgs {
 
 pub fn run(args: PinArgs) -> Result<ExitCode> {
     let path: PathBuf = locate(&args.experiment)?;
-    let mut cache = match (args.no_hash_cache, HashCache::default_path()) {
-        (false, Some(p)) => HashCache::open(p),
-        _ => HashCache::disabled(),
-    };
-    let updates = pin_experiment(&path, &mut cache)?;
+    let cache = HashCache::open_default(args.no_hash_cache);
+    let updates = pin_experiment(&path, &cache)?;
     let mut changed = 0;
     for u in &updates {
         let state = match u.old.as_deref() {

@@ -10,14 +10,11 @@
 //! [`pin_text`] rewrites the digests in an experiment file's text, leaving everything else
 //! (comments, order, layout) as it was.
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::model::hub::{Fetcher, ModelSource};
 use crate::train::experiment::{Experiment, FilesSpec};
@@ -165,7 +162,7 @@ pub fn pinned_inputs(exp: &Experiment) -> Vec<Result<Pinned>> {
 }
 
 /// Checks every pin of `exp`: all problems are collected, then reported together.
-pub fn verify(exp: &Experiment, cache: &mut HashCache) -> Result<Vec<Pin>, Vec<PinProblem>> {
+pub fn verify(exp: &Experiment, cache: &HashCache) -> Result<Vec<Pin>, Vec<PinProblem>> {
     let mut pins = Vec::new();
     let mut problems = Vec::new();
     for item in pinned_inputs(exp) {
@@ -275,7 +272,7 @@ pub fn feature_pin_problems(exp: &Experiment) -> Vec<PinProblem> {
 
 /// The current digest of a pinned input, and whether it came from the cache. A dataset must also
 /// pass `tools shard verify`.
-fn digest_of(item: &Pinned, cache: &mut HashCache) -> Result<(String, bool)> {
+fn digest_of(item: &Pinned, cache: &HashCache) -> Result<(String, bool)> {
     match item.kind {
         PinnedKind::File => cache.sha256(&item.path),
         PinnedKind::Dataset => {
@@ -298,145 +295,8 @@ fn digest_of(item: &Pinned, cache: &mut HashCache) -> Result<(String, bool)> {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Hash cache.
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct CacheEntry {
-    size: u64,
-    mtime_ns: i128,
-    inode: u64,
-    sha256: String,
-}
-
-/// sha256 of files, remembered by (canonical path, size, mtime, inode): a file that changed in any
-/// of these is hashed again. Saved as JSON in [`HashCache::default_path`].
-#[derive(Debug, Default)]
-pub struct HashCache {
-    path: Option<PathBuf>,
-    entries: BTreeMap<String, CacheEntry>,
-    dirty: bool,
-}
-
-impl HashCache {
-    /// `$ROOMPLAN_CACHE_DIR/sha256.json`, else `$XDG_CACHE_HOME/roomplan/…`, else `~/.cache/roomplan/…`.
-    pub fn default_path() -> Option<PathBuf> {
-        let dir = std::env::var_os("ROOMPLAN_CACHE_DIR")
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("roomplan"))
-            })
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("roomplan"))
-            })?;
-        Some(dir.join("sha256.json"))
-    }
-
-    /// A cache that remembers nothing between runs.
-    pub fn disabled() -> Self {
-        Self::default()
-    }
-
-    /// Opens (or starts) the cache file at `path`; an unreadable cache is started afresh.
-    pub fn open(path: PathBuf) -> Self {
-        let entries = fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        Self {
-            path: Some(path),
-            entries,
-            dirty: false,
-        }
-    }
-
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
-    }
-
-    /// The file's sha256 and whether it came from the cache.
-    pub fn sha256(&mut self, file: &Path) -> Result<(String, bool)> {
-        let canonical =
-            fs::canonicalize(file).with_context(|| format!("{}: cannot read", file.display()))?;
-        let meta =
-            fs::metadata(&canonical).with_context(|| format!("{}: cannot read", file.display()))?;
-        let key = canonical.to_string_lossy().into_owned();
-        let stamp = file_stamp(&meta);
-        if self.path.is_some() {
-            if let Some(e) = self.entries.get(&key) {
-                if (e.size, e.mtime_ns, e.inode) == stamp {
-                    return Ok((e.sha256.clone(), true));
-                }
-            }
-        }
-        let sha = sha256_file(&canonical)?;
-        if self.path.is_some() {
-            self.entries.insert(
-                key,
-                CacheEntry {
-                    size: stamp.0,
-                    mtime_ns: stamp.1,
-                    inode: stamp.2,
-                    sha256: sha.clone(),
-                },
-            );
-            self.dirty = true;
-        }
-        Ok((sha, false))
-    }
-
-    /// Writes the cache back when it changed: a temporary file of this process, then a rename,
-    /// so concurrent runs never see a torn cache (the last writer's entries win).
-    pub fn save(&mut self) -> Result<()> {
-        let (Some(path), true) = (&self.path, self.dirty) else {
-            return Ok(());
-        };
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-        let bytes = serde_json::to_vec_pretty(&self.entries)?;
-        fs::write(&tmp, &bytes)
-            .and_then(|_| fs::rename(&tmp, path))
-            .with_context(|| format!("writing {}", path.display()))?;
-        self.dirty = false;
-        Ok(())
-    }
-}
-
-#[cfg(unix)]
-fn file_stamp(meta: &fs::Metadata) -> (u64, i128, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let mtime = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
-    (meta.size(), mtime, meta.ino())
-}
-
-#[cfg(not(unix))]
-fn file_stamp(meta: &fs::Metadata) -> (u64, i128, u64) {
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i128);
-    (meta.len(), mtime, 0)
-}
-
-/// sha256 of a file, read in 1 MiB blocks.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("{}: read error", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
+// The hash cache lives in the prep crate (one home, shared with the prep binaries).
+pub use roomplan_prep::hash_cache::{sha256_file, HashCache};
 
 // ---------------------------------------------------------------------------------------------
 // Rewriting digests in an experiment file.
@@ -556,7 +416,7 @@ pub struct PinUpdate {
 
 /// Computes every digest the experiment file names and writes the changed ones into the file
 /// (atomically, comments and layout kept). Inputs must exist and datasets must verify.
-pub fn pin_experiment(path: &Path, cache: &mut HashCache) -> Result<Vec<PinUpdate>> {
+pub fn pin_experiment(path: &Path, cache: &HashCache) -> Result<Vec<PinUpdate>> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let exp = crate::train::experiment::parse(&text, &path.display().to_string())?;
     let mut updates = Vec::new();
@@ -670,26 +530,5 @@ data:
             err.to_string().contains("model.llm.files.tokenizer.json"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn the_hash_cache_reuses_a_digest_until_the_file_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("w.bin");
-        std::fs::write(&file, b"weights").unwrap();
-        let expected = roomplan_prep::manifest::sha256_hex(b"weights");
-        let mut cache = HashCache::open(dir.path().join("cache/sha256.json"));
-        assert_eq!(cache.sha256(&file).unwrap(), (expected.clone(), false));
-        cache.save().unwrap();
-        let mut again = HashCache::open(dir.path().join("cache/sha256.json"));
-        assert_eq!(again.sha256(&file).unwrap(), (expected, true));
-        // Another size (and mtime): hashed again.
-        std::fs::write(&file, b"weights, changed").unwrap();
-        let changed = roomplan_prep::manifest::sha256_hex(b"weights, changed");
-        assert_eq!(again.sha256(&file).unwrap(), (changed, false));
-        // A disabled cache never claims a hit.
-        let mut off = HashCache::disabled();
-        assert!(!off.sha256(&file).unwrap().1);
-        assert!(!off.sha256(&file).unwrap().1);
     }
 }

@@ -147,11 +147,8 @@ pub fn verify_pins(
     experiment_file: &Path,
     no_cache: bool,
 ) -> Result<(Vec<pins::Pin>, Option<PathBuf>)> {
-    let mut cache = match (no_cache, HashCache::default_path()) {
-        (false, Some(p)) => HashCache::open(p),
-        _ => HashCache::disabled(),
-    };
-    let verified = pins::verify(exp, &mut cache);
+    let cache = HashCache::open_default(no_cache);
+    let verified = pins::verify(exp, &cache);
     if let Err(e) = cache.save() {
         eprintln!("warning: the hash cache was not saved: {e:#}");
     }

@@ -225,8 +225,8 @@ pub fn build_with(root: &Path, scenes: usize) -> World {
     .unwrap();
     let experiment = root.join("fixture.yaml");
     std::fs::write(&experiment, experiment_text(root)).unwrap();
-    let mut cache = roomplan_trainer::train::pins::HashCache::disabled();
-    roomplan_trainer::train::pins::pin_experiment(&experiment, &mut cache).unwrap();
+    let cache = roomplan_trainer::train::pins::HashCache::disabled();
+    roomplan_trainer::train::pins::pin_experiment(&experiment, &cache).unwrap();
     World {
         root: root.to_path_buf(),
         experiment,
