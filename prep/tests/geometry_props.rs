@@ -127,7 +127,7 @@ proptest! {
     }
 
     #[test]
-    fn depth_histograms_sum_to_one(
+    fn depth_histograms_sum_to_one_and_match_per_pixel_binning(
         values in prop::collection::vec(prop_oneof![Just(0u16), any::<u16>()], 1..400),
         count in 1usize..40, min_m in 0.0f64..2.0, span in 0.5f64..20.0,
     ) {
@@ -138,6 +138,13 @@ proptest! {
         prop_assert!(stats.histogram.iter().all(|&x| (0.0..=1.0).contains(&x)));
         let valid = values.iter().filter(|&&v| v != 0).count();
         prop_assert_eq!(stats.valid_fraction, (valid as f64 / values.len() as f64) as f32);
+        // Each bin holds exactly the fraction of valid pixels that bin on their own.
+        let mut reference = vec![0u64; count];
+        for &v in values.iter().filter(|&&v| v != 0) {
+            reference[bins.bin(v as f64 * 0.001)] += 1;
+        }
+        let reference: Vec<f32> = reference.iter().map(|&c| if valid == 0 { 0.0 } else { (c as f64 / valid as f64) as f32 }).collect();
+        prop_assert_eq!(&stats.histogram, &reference);
         let sum: f64 = stats.histogram.iter().map(|&x| x as f64).sum();
         if valid > 0 {
             prop_assert!((sum - 1.0).abs() < 1e-5, "sum {}", sum);
