@@ -19,6 +19,7 @@
 //! that does not arrive within the group's timeout makes the others fail with a
 //! [`CollectiveError`] naming it, never wait forever.
 
+mod exchange;
 pub mod launch;
 #[cfg(feature = "cuda")]
 pub mod nccl;

@@ -22,16 +22,15 @@ use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::exchange::{Exchange, Payload};
 use super::launch::LaunchEnv;
-use super::threads::{describe, from_payload, sum, to_payload, Payload};
-use super::{rendezvous, Collective, CollectiveError, ReduceOp};
+use super::{rendezvous, CollectiveError};
 
 /// How much longer than the timeout a rank waits for rank 0's answer: rank 0 itself waits up to
 /// the timeout for the slowest rank before it answers (or relays a failure).
@@ -268,43 +267,6 @@ impl TcpGroup {
         }
     }
 
-    /// Contributes `input` to this rank's next operation and returns its result.
-    fn exchange(
-        &self,
-        op: &'static str,
-        what: String,
-        input: Payload,
-        combine: impl FnOnce(&mut [Payload]) -> Payload,
-    ) -> Result<Payload> {
-        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
-        if let Some(earlier) = self
-            .failed
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .clone()
-        {
-            bail!(
-                "rank {}: {op} #{seq}: the group failed earlier ({earlier})",
-                self.rank
-            );
-        }
-        let mut links = self
-            .links
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned TCP group"))?;
-        let result = match &mut *links {
-            Links::Hub(streams) => self.hub_exchange(streams, op, seq, what, input, combine),
-            Links::Spoke(stream) => self.spoke_exchange(stream, op, seq, what, input),
-        };
-        if let Err(e) = &result {
-            *self
-                .failed
-                .lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))? = Some(e.to_string());
-        }
-        result
-    }
-
     fn hub_exchange(
         &self,
         streams: &mut [Option<TcpStream>],
@@ -432,65 +394,52 @@ impl TcpGroup {
             }
         }
     }
-
-    fn broadcast_payload(&self, what: &str, input: Payload, root: usize) -> Result<Payload> {
-        ensure!(
-            root < self.world,
-            "broadcast from rank {root} of {}",
-            self.world
-        );
-        let what = format!("broadcast(root {root}, {what})");
-        self.exchange("broadcast", what, input, |inputs| {
-            std::mem::replace(&mut inputs[root], Payload::None)
-        })
-    }
 }
 
-impl Collective for TcpGroup {
-    fn rank(&self) -> usize {
+impl Exchange for TcpGroup {
+    fn own_rank(&self) -> usize {
         self.rank
     }
 
-    fn world_size(&self) -> usize {
+    fn group_size(&self) -> usize {
         self.world
     }
 
-    fn all_reduce(&self, t: &Tensor, op: ReduceOp) -> Result<Tensor> {
-        let what = format!("all_reduce({op:?}, {})", describe(t));
-        let mean = op == ReduceOp::Mean;
-        let result = self.exchange("all_reduce", what, to_payload(t)?, |inputs| {
-            sum(inputs, mean)
-        })?;
-        from_payload(&result, t)
-    }
-
-    fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
-        let input = if self.rank == root {
-            to_payload(t)?
-        } else {
-            Payload::None
-        };
-        let result = self.broadcast_payload(&describe(t), input, root)?;
-        from_payload(&result, t)
-    }
-
-    fn broadcast_bytes(&self, bytes: Vec<u8>, root: usize) -> Result<Vec<u8>> {
-        let input = if self.rank == root {
-            Payload::Bytes(bytes)
-        } else {
-            Payload::None
-        };
-        match self.broadcast_payload("bytes", input, root)? {
-            Payload::Bytes(b) => Ok(b),
-            other => bail!("internal: broadcast_bytes produced {other:?}"),
+    /// Contributes `input` to this rank's next operation and returns its result.
+    fn exchange(
+        &self,
+        op: &'static str,
+        what: String,
+        input: Payload,
+        combine: impl FnOnce(&mut [Payload]) -> Payload,
+    ) -> Result<Arc<Payload>> {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        if let Some(earlier) = self
+            .failed
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .clone()
+        {
+            bail!(
+                "rank {}: {op} #{seq}: the group failed earlier ({earlier})",
+                self.rank
+            );
         }
-    }
-
-    fn barrier(&self) -> Result<()> {
-        self.exchange("barrier", "barrier".into(), Payload::None, |_| {
-            Payload::None
-        })?;
-        Ok(())
+        let mut links = self
+            .links
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned TCP group"))?;
+        let result = match &mut *links {
+            Links::Hub(streams) => self.hub_exchange(streams, op, seq, what, input, combine),
+            Links::Spoke(stream) => self.spoke_exchange(stream, op, seq, what, input),
+        };
+        if let Err(e) = &result {
+            *self
+                .failed
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))? = Some(e.to_string());
+        }
+        result.map(Arc::new)
     }
 }
 
@@ -498,7 +447,8 @@ impl Collective for TcpGroup {
 mod tests {
     use super::super::threads::run_ranks;
     use super::*;
-    use candle_core::{DType, Device};
+    use crate::train::dist::{Collective, ReduceOp};
+    use candle_core::{DType, Device, Tensor};
 
     const LONG: Duration = Duration::from_secs(30);
 
