@@ -3,11 +3,12 @@
 //!
 //! Both end in [`stack_images`]: a `[S, 3, H, W]` f32 tensor in [0, 1] (bytes / 255, like
 //! torchvision's `ToTensor`). The size rule is `roomplan_prep::geometry::SizeRule`, the same code that
-//! sized the stored images, so prep and train cannot disagree on it. Resampling is bicubic
-//! (Catmull-Rom, a = −0.5, like PIL's BICUBIC) but not bit-identical to PIL: on a noisy 640×480
-//! image resized to 518×392, Pillow 12 and we differ by at most 13/255, 0.22/255 on average, with
-//! 99.5 % of values within 1/255 (measured once by hand). Parity tests therefore feed the aggregator
-//! tensors directly.
+//! sized the stored images, so prep and train cannot disagree on it. Resampling is prep's
+//! (`roomplan_prep::imaging::resize_rgb`): PIL's BICUBIC (Catmull-Rom, a = −0.5), one axis at a
+//! time in Pillow's order. On noise it is within 1/255 of Pillow 13, with 0.4–0.6 % of the values
+//! one step away (fixed-point weight rounding; `imaging::tests::resize_matches_pillow_bicubic_on_noise`);
+//! the earlier resampler differed by up to 13/255. Parity tests still feed the aggregator tensors
+//! directly.
 
 use std::path::{Path, PathBuf};
 
