@@ -12,6 +12,9 @@
 //!   4 × 256, r 8, 2 warm-up steps).
 //! tools/bench/bench_qwen3_lora.py runs the same architecture in PyTorch (transformers + peft).
 //!
+//! Threads: `RAYON_NUM_THREADS` (gemm and the fused kernels); candle's own element-wise pool is
+//! left out (`CANDLE_NUM_THREADS=1` unless set, see [`keep_candle_elementwise_on_caller`]).
+//!
 //! On a GPU (ci/gpu.sh): `--device cuda --frozen-dtype bf16 --config
 //! tools/bench/qwen3_4b_instruct_2507.json --batch B --seq 512 --peak-tflops P --json` times the
 //! real Qwen3-4B-Instruct-2507 shape (random weights drawn on the device, frozen weights in bf16,
