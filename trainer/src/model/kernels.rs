@@ -1220,7 +1220,7 @@ struct FusedLinear {
 impl FusedLinear {
     fn new(x: &Tensor, weight: &Tensor, lora: Option<(usize, f32)>) -> candle_core::Result<Self> {
         let (out_f, in_f) = weight.dims2()?;
-        if x.rank() == 0 || x.dim(D::Minus1)? != in_f {
+        if x.rank() == 0 || in_f == 0 || x.dim(D::Minus1)? != in_f {
             candle_core::bail!(
                 "linear: x {:?} for weight {:?} (want the last axis {in_f}): do not fit",
                 x.shape(),
