@@ -1,5 +1,5 @@
-//! The fused attention and RMSNorm kernels against the composite candle ops they replace: values
-//! and gradients (inputs and weight), with causal, padding and KV-cache-offset masks, GQA, and
+//! The fused kernels (attention, RMSNorm, SwiGLU, RoPE, cross-entropy, LoRA projection) against
+//! the composite candle ops they replace: values and gradients (inputs and weights), with causal, padding and KV-cache-offset masks, GQA, and
 //! head sizes that are not multiples of the kernels' 8-lane loops. The whole Qwen3 + LoRA loss and
 //! its gradients with the kernels on and off: `qwen3_grads.rs`.
 
@@ -414,4 +414,129 @@ fn cross_entropy_refuses_bad_targets() {
     );
     let err = kernels::cross_entropy_fused(&logits, &[0, 1]).unwrap_err();
     assert!(err.to_string().contains("2 targets for 3 rows"), "{err}");
+}
+
+/// Fused and composite LoRA projection (`x·Wᵀ + s·(x·Aᵀ)·Bᵀ`) on the same variables: values and
+/// the gradients of x, A and B under a weighted-sum loss; W stays frozen.
+fn check_lora_linear(lead: &[usize], (inp, out, r): (usize, usize, usize), seed: u64) {
+    let x_shape: Vec<usize> = lead.iter().copied().chain([inp]).collect();
+    let y_shape: Vec<usize> = lead.iter().copied().chain([out]).collect();
+    let x = var(&x_shape, seed);
+    let w = random(&[out, inp], seed + 1);
+    let a = var(&[r, inp], seed + 2);
+    // B non-zero (PEFT starts it at zero), so that A's gradient is not zero.
+    let b = var(&[out, r], seed + 3);
+    let weights = random(&y_shape, seed + 4);
+    let scaling = 2.5;
+    let run = |fused: bool| {
+        let f = if fused {
+            kernels::lora_linear_fused
+        } else {
+            kernels::lora_linear_composite
+        };
+        let y = f(&x, &w, &a, &b, scaling).unwrap();
+        let grads = (&y * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(
+            grads.get(&w).is_none(),
+            "fused {fused}: the frozen weight got a gradient"
+        );
+        let g = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
+        (y, g(&x), g(&a), g(&b))
+    };
+    let (y_f, gx_f, ga_f, gb_f) = run(true);
+    let (y_c, gx_c, ga_c, gb_c) = run(false);
+    assert_eq!(y_f.dims(), y_shape.as_slice());
+    let ctx = format!("{lead:?} in {inp} out {out} r {r}");
+    for (name, f, c) in [
+        ("values", &y_f, &y_c),
+        ("grad x", &gx_f, &gx_c),
+        ("grad A", &ga_f, &ga_c),
+        ("grad B", &gb_f, &gb_c),
+    ] {
+        assert_eq!(f.shape(), c.shape(), "{ctx}: {name}");
+        // Sums of up to a few hundred products of O(1) terms: equal up to f32 rounding order.
+        let tol = 2e-6 * abs_max(c).max(1.0) as f64;
+        assert!(diff(f, c) <= tol, "{ctx}: {name} {} > {tol}", diff(f, c));
+        assert!(abs_max(c) > 1e-2, "{ctx}: {name} is all but zero");
+    }
+}
+
+#[test]
+fn linear_matches_frozen_linear_and_spares_the_weight() {
+    for (lead, inp, out, seed) in [
+        (vec![2usize, 7], 20usize, 12usize, 1u64),
+        (vec![3, 67], 130, 97, 2),
+    ] {
+        let x_shape: Vec<usize> = lead.iter().copied().chain([inp]).collect();
+        let x = var(&x_shape, seed);
+        let w = random(&[out, inp], seed + 1);
+        let weights = random(
+            &lead.iter().copied().chain([out]).collect::<Vec<_>>(),
+            seed + 2,
+        );
+        let run = |fused: bool| {
+            let y = if fused {
+                kernels::linear_fused(&x, &w).unwrap()
+            } else {
+                roomplan_trainer::model::frozen::linear(&x, &w).unwrap()
+            };
+            let grads = (&y * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            assert!(
+                grads.get(&w).is_none(),
+                "fused {fused}: the frozen weight got a gradient"
+            );
+            (y, grads.get(x.as_tensor()).unwrap().clone())
+        };
+        let ((y_f, gx_f), (y_c, gx_c)) = (run(true), run(false));
+        assert_eq!(y_f.dims(), y_c.dims());
+        assert!(
+            diff(&y_f, &y_c) <= 1e-5,
+            "{lead:?}: values {}",
+            diff(&y_f, &y_c)
+        );
+        assert!(
+            diff(&gx_f, &gx_c) <= 1e-5,
+            "{lead:?}: grad x {}",
+            diff(&gx_f, &gx_c)
+        );
+        assert!(abs_max(&gx_c) > 1e-2);
+    }
+    let err = kernels::linear_fused(&random(&[2, 5], 9), &random(&[3, 4], 10)).unwrap_err();
+    assert!(err.to_string().contains("do not fit"), "{err}");
+}
+
+#[test]
+fn lora_linear_matches_composite_values_and_grads() {
+    check_lora_linear(&[2, 7], (20, 12, 4), 1);
+    // Wide enough for gemm to split the projection across threads, odd sizes.
+    check_lora_linear(&[3, 67], (130, 97, 8), 2);
+}
+
+#[test]
+fn lora_linear_spares_untracked_operands_and_refuses_other_shapes() {
+    // A frozen input (the first layer's embeddings): only A's and B's gradients.
+    let x = random(&[2, 5, 16], 1);
+    let w = random(&[6, 16], 2);
+    let (a, b) = (var(&[3, 16], 3), var(&[6, 3], 4));
+    let y = kernels::lora_linear_fused(&x, &w, &a, &b, 2.0).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(grads.get_ids().count(), 2);
+    assert!(grads.get(a.as_tensor()).is_some() && grads.get(b.as_tensor()).is_some());
+    // Nothing tracked: no gradient at all.
+    let (ac, bc) = (random(&[3, 16], 5), random(&[6, 3], 6));
+    let y = kernels::lora_linear_fused(&x, &w, &ac, &bc, 2.0).unwrap();
+    let want = kernels::lora_linear_composite(&x, &w, &ac, &bc, 2.0).unwrap();
+    assert!(diff(&y, &want) <= 1e-5);
+    let err = kernels::lora_linear_fused(&x, &w, &random(&[3, 15], 7), &b, 2.0).unwrap_err();
+    assert!(err.to_string().contains("do not fit"), "{err}");
 }

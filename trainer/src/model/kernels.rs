@@ -1,5 +1,5 @@
-//! Fused, differentiable CPU kernels for the decoder's attention and RMSNorm, with the composite
-//! versions they replace.
+//! Fused, differentiable CPU kernels for the decoder (attention, RMSNorm, SwiGLU, RoPE, the loss,
+//! the LoRA-adapted projections), with the composite versions they replace.
 //!
 //! The composite attention materialises the scores, the masked scores and the probabilities
 //! (`[B, H, T, T]` each) and keeps them for the backward; [`attention`] computes each query row's
@@ -13,7 +13,9 @@
 //! [`rope`] rotates `[B, T, H, D]` projections straight into the `[B, H, T, D]` layout attention
 //! reads, instead of a transpose, a copy, a concatenation and four element-wise ops;
 //! [`cross_entropy`] is the mean negative log-likelihood in one pass over the logits and a backward
-//! of `softmax − one-hot` in one more, instead of log-softmax's and the gather's ops.
+//! of `softmax − one-hot` in one more, instead of log-softmax's and the gather's ops;
+//! [`lora_linear`] is a frozen projection with its LoRA adapter in one op whose backward hands out
+//! one gradient for the input instead of two summed by the graph.
 //!
 //! All run only on the CPU in f32: on another device or dtype they fall back to the composite
 //! version (the same graph as before, so `cuda` builds and runs unchanged). Their backward spares
@@ -312,6 +314,37 @@ impl<'a> Mat<'a> {
 /// `dst[m×n] (row stride dst_rs) = a[m×k] · b[k×n]`, or `+=` with `accumulate`: the gemm crate's
 /// kernel (the one candle's matmul runs), single-threaded: callers parallelise over heads.
 fn mm(
+    mnk: (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+) {
+    mm_in(gemm::Parallelism::None, mnk, dst, dst_rs, accumulate, a, b)
+}
+
+/// [`mm`] split across the rayon pool's threads as candle's own matmul does (gemm keeps small
+/// products on one thread): for whole projections, which nothing else parallelises.
+fn mm_par(
+    mnk: (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+) {
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    mm_in(parallelism, mnk, dst, dst_rs, accumulate, a, b)
+}
+
+fn mm_in(
+    parallelism: gemm::Parallelism,
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
@@ -347,7 +380,7 @@ fn mm(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }
@@ -1093,5 +1126,313 @@ impl candle_core::CustomOp1 for FusedCrossEntropy {
                 })
         })?;
         Ok(Some(Tensor::from_vec(d, logits.shape(), logits.device())?))
+    }
+}
+
+/// A frozen projection `x·Wᵀ` over the last axis of `x` (W `[out, in]` as stored in checkpoints),
+/// as one op on the CPU in f32: any leading dims in and out without reshape nodes, whose backward
+/// would each cost the graph a zero-filled buffer and a sum of the gradient's size. W never gets a
+/// gradient (frozen, as [`frozen::linear`]); x gets `g·W` when it tracks one. [`frozen::linear`]
+/// elsewhere (another device, bf16 weights).
+pub fn linear(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    if is_cpu_f32(&[x, weight]) {
+        linear_fused(x, weight)
+    } else {
+        frozen::linear(x, weight)
+    }
+}
+
+/// The fused frozen projection on any device (errors off the CPU / f32): exposed for tests.
+pub fn linear_fused(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    let op = FusedLinear::new(x, weight, None)?;
+    x.contiguous()?.apply_op1(op)
+}
+
+/// A frozen projection with its LoRA adapter, `x·Wᵀ + s·(x·Aᵀ)·Bᵀ` over the last axis of `x`
+/// (W `[out, in]` frozen, A `[r, in]`, B `[out, r]`), as one op on the CPU in f32: the forward adds
+/// the adapter's product into the projection's output inside the gemm (no `[rows, out]` sum, no
+/// scaling op, no reshapes), and the backward hands out one gradient for `x`
+/// (`g·W + s·(g·B)·A`, accumulated in the gemm) instead of two that the graph would add, plus A's
+/// and B's. W never gets a gradient; x, A and B get one when they track it. Composite
+/// ([`lora_linear_composite`]) elsewhere. No dropout: the caller takes the composite path when
+/// LoRA dropout is on.
+pub fn lora_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scaling: f64,
+) -> candle_core::Result<Tensor> {
+    if is_cpu_f32(&[x, weight, a, b]) {
+        lora_linear_fused(x, weight, a, b, scaling)
+    } else {
+        lora_linear_composite(x, weight, a, b, scaling)
+    }
+}
+
+/// The composite LoRA projection: [`frozen::linear`] for the base and for A and B, the scaling on
+/// the rank-r intermediate, and the sum. Same shapes as [`lora_linear`].
+pub fn lora_linear_composite(
+    x: &Tensor,
+    weight: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scaling: f64,
+) -> candle_core::Result<Tensor> {
+    let base = frozen::linear(x, weight)?;
+    let h = (frozen::linear(x, a)? * scaling)?;
+    frozen::broadcast_add(&base, &frozen::linear(&h, b)?)
+}
+
+/// The fused LoRA projection on any device (errors off the CPU / f32): exposed for tests.
+pub fn lora_linear_fused(
+    x: &Tensor,
+    weight: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scaling: f64,
+) -> candle_core::Result<Tensor> {
+    let (out_f, in_f) = weight.dims2()?;
+    let (r, a_in) = a.dims2()?;
+    if a_in != in_f || b.dims2()? != (out_f, r) {
+        candle_core::bail!(
+            "lora_linear: weight {:?}, A {:?}, B {:?} do not fit",
+            weight.shape(),
+            a.shape(),
+            b.shape()
+        );
+    }
+    let op = FusedLinear::new(x, weight, Some((r, scaling as f32)))?;
+    x.contiguous()?
+        .apply_op3(&a.contiguous()?, &b.contiguous()?, op)
+}
+
+/// `x·Wᵀ`, plus `s·(x·Aᵀ)·Bᵀ` when it carries an adapter (then an op of (x, A, B); else of x).
+struct FusedLinear {
+    /// The frozen `[out, in]` weight (detached, contiguous; never given a gradient).
+    weight: Tensor,
+    /// The adapter's rank and scaling.
+    lora: Option<(usize, f32)>,
+    /// Rows of x (the product of its leading dims), in, out.
+    dims: (usize, usize, usize),
+}
+
+impl FusedLinear {
+    fn new(x: &Tensor, weight: &Tensor, lora: Option<(usize, f32)>) -> candle_core::Result<Self> {
+        let (out_f, in_f) = weight.dims2()?;
+        if x.rank() == 0 || in_f == 0 || x.dim(D::Minus1)? != in_f {
+            candle_core::bail!(
+                "linear: x {:?} for weight {:?} (want the last axis {in_f}): do not fit",
+                x.shape(),
+                weight.shape()
+            );
+        }
+        Ok(Self {
+            weight: weight.detach().contiguous()?,
+            lora,
+            dims: (x.elem_count() / in_f, in_f, out_f),
+        })
+    }
+
+    /// x's shape with the last axis `out`.
+    fn out_shape(&self, x: &Layout) -> Shape {
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("rank checked in new") = self.dims.2;
+        Shape::from(dims)
+    }
+
+    /// `x·Wᵀ` into a new `[rows, out]` buffer.
+    fn project(&self, x: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let (rows, in_f, out_f) = self.dims;
+        let mut y = vec![0f32; rows * out_f];
+        with_f32(&self.weight, |w| {
+            mm_par(
+                (rows, out_f, in_f),
+                &mut y,
+                out_f,
+                false,
+                Mat::rows(x, in_f),
+                Mat::transposed(w, in_f),
+            )
+        })?;
+        Ok(y)
+    }
+
+    /// `s·x·Aᵀ`, `[rows, r]`.
+    fn scaled_down(&self, x: &[f32], a: &[f32], (r, s): (usize, f32)) -> Vec<f32> {
+        let (rows, in_f, _) = self.dims;
+        let mut h = vec![0f32; rows * r];
+        mm_par(
+            (rows, r, in_f),
+            &mut h,
+            r,
+            false,
+            Mat::rows(x, in_f),
+            Mat::transposed(a, in_f),
+        );
+        for v in h.iter_mut() {
+            *v *= s;
+        }
+        h
+    }
+
+    /// `g·W` (`[rows, in]`), the input's gradient through the frozen weight.
+    fn back_project(&self, g: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let (rows, in_f, out_f) = self.dims;
+        let mut dx = vec![0f32; rows * in_f];
+        with_f32(&self.weight, |w| {
+            mm_par(
+                (rows, in_f, out_f),
+                &mut dx,
+                in_f,
+                false,
+                Mat::rows(g, out_f),
+                Mat::rows(w, in_f),
+            )
+        })?;
+        Ok(dx)
+    }
+}
+
+impl candle_core::CustomOp1 for FusedLinear {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = self.project(cpu_slice(s, l, "linear x")?)?;
+        Ok((CpuStorage::F32(y), self.out_shape(l)))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if !x.track_op() {
+            return Ok(None);
+        }
+        let dx = with_f32(grad, |g| self.back_project(g))??;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+impl CustomOp3 for FusedLinear {
+    fn name(&self) -> &'static str {
+        "fused-lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((r, s)) = self.lora else {
+            candle_core::bail!("fused-lora-linear without an adapter");
+        };
+        let (rows, _, out_f) = self.dims;
+        let x = cpu_slice(s1, l1, "lora_linear x")?;
+        let a = cpu_slice(s2, l2, "lora_linear A")?;
+        let b = cpu_slice(s3, l3, "lora_linear B")?;
+        let mut y = self.project(x)?;
+        let h = self.scaled_down(x, a, (r, s));
+        mm_par(
+            (rows, out_f, r),
+            &mut y,
+            out_f,
+            true,
+            Mat::rows(&h, r),
+            Mat::transposed(b, r),
+        );
+        Ok((CpuStorage::F32(y), self.out_shape(l1)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (want_x, want_a, want_b) = (x.track_op(), a.track_op(), b.track_op());
+        if !(want_x || want_a || want_b) {
+            return Ok((None, None, None));
+        }
+        let Some((r, s)) = self.lora else {
+            candle_core::bail!("fused-lora-linear without an adapter");
+        };
+        let (rows, in_f, out_f) = self.dims;
+        let (mut dx, mut da, mut db) = (Vec::new(), Vec::new(), Vec::new());
+        with_f32(x, |x| {
+            with_f32(a, |a| {
+                with_f32(b, |b| {
+                    with_f32(grad, |g| {
+                        // t = s·(g·B), the gradient of the rank-r intermediate x·Aᵀ.
+                        let mut t = vec![0f32; rows * r];
+                        mm_par(
+                            (rows, r, out_f),
+                            &mut t,
+                            r,
+                            false,
+                            Mat::rows(g, out_f),
+                            Mat::rows(b, r),
+                        );
+                        for v in t.iter_mut() {
+                            *v *= s;
+                        }
+                        if want_b {
+                            // dB = gᵀ·(s·x·Aᵀ).
+                            let h = self.scaled_down(x, a, (r, s));
+                            db = vec![0f32; out_f * r];
+                            mm_par(
+                                (out_f, r, rows),
+                                &mut db,
+                                r,
+                                false,
+                                Mat::transposed(g, out_f),
+                                Mat::rows(&h, r),
+                            );
+                        }
+                        if want_a {
+                            // dA = tᵀ·x.
+                            da = vec![0f32; r * in_f];
+                            mm_par(
+                                (r, in_f, rows),
+                                &mut da,
+                                in_f,
+                                false,
+                                Mat::transposed(&t, r),
+                                Mat::rows(x, in_f),
+                            );
+                        }
+                        if want_x {
+                            // dx = g·W + t·A, the second product accumulated into the first.
+                            dx = self.back_project(g)?;
+                            mm_par(
+                                (rows, in_f, r),
+                                &mut dx,
+                                in_f,
+                                true,
+                                Mat::rows(&t, r),
+                                Mat::rows(a, in_f),
+                            );
+                        }
+                        Ok::<(), candle_core::Error>(())
+                    })
+                })
+            })
+        })?????;
+        let dev = x.device();
+        let gx = want_x
+            .then(|| Tensor::from_vec(dx, x.shape(), dev))
+            .transpose()?;
+        let ga = want_a
+            .then(|| Tensor::from_vec(da, (r, in_f), dev))
+            .transpose()?;
+        let gb = want_b
+            .then(|| Tensor::from_vec(db, (out_f, r), dev))
+            .transpose()?;
+        Ok((gx, ga, gb))
     }
 }

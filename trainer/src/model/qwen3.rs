@@ -237,8 +237,9 @@ struct Projection {
 }
 
 /// How a pass runs: projections through the sparing op (default) or candle's plain matmul, and
-/// attention/RMSNorm/RoPE/SwiGLU through the fused kernels (default; CPU f32 only, composite elsewhere) or the
-/// composite ops (both switches for benchmarks and comparisons).
+/// attention/RMSNorm/RoPE/SwiGLU and the projections (with their adapters) through the fused kernels
+/// (default; CPU f32 only, composite elsewhere) or the composite ops (both switches for benchmarks
+/// and comparisons).
 #[derive(Debug, Clone, Copy)]
 struct Mode {
     train: bool,
@@ -257,6 +258,23 @@ impl Projection {
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if mode.fused && mode.sparing {
+            // The projection, with its adapter, as one fused op (CPU f32; composite elsewhere),
+            // unless dropout would draw a mask on the adapter's input.
+            match &self.lora {
+                None => return Ok(kernels::linear(x, &self.weight)?),
+                Some(lora) if !(mode.train && lora.dropout > 0.0) => {
+                    return Ok(kernels::lora_linear(
+                        x,
+                        &self.weight,
+                        lora.a.as_tensor(),
+                        lora.b.as_tensor(),
+                        lora.scaling,
+                    )?)
+                }
+                Some(_) => {}
+            }
+        }
         let base = if mode.sparing {
             frozen::linear(x, &self.weight)?
         } else {
@@ -738,10 +756,10 @@ impl Qwen3 {
         self.sparing = on;
     }
 
-    /// Benchmark/comparison switch: `false` runs attention, RMSNorm, RoPE and the SwiGLU gating as
-    /// composite candle ops (every `[B, H, T, T]` intermediate materialised and kept for the
-    /// backward) instead of the fused kernels of [`crate::model::kernels`]. Off the CPU the
-    /// composite ops run either way.
+    /// Benchmark/comparison switch: `false` runs attention, RMSNorm, RoPE, the SwiGLU gating and
+    /// the projections (with their LoRA adapters) as composite candle ops (every `[B, H, T, T]`
+    /// intermediate materialised and kept for the backward) instead of the fused kernels of
+    /// [`crate::model::kernels`]. Off the CPU the composite ops run either way.
     pub fn set_fused_kernels(&mut self, on: bool) {
         self.fused = on;
     }
@@ -915,9 +933,14 @@ impl Qwen3 {
         Ok((x, hidden_states))
     }
 
-    /// Projects hidden states through the LM head (tied embeddings or `lm_head.weight`).
+    /// Projects hidden states through the LM head (tied embeddings or `lm_head.weight`): the
+    /// fused projection of [`kernels::linear`] unless the fused kernels or the sparing op are off.
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(frozen::linear(hidden, &self.lm_head)?)
+        Ok(if self.fused && self.sparing {
+            kernels::linear(hidden, &self.lm_head)?
+        } else {
+            frozen::linear(hidden, &self.lm_head)?
+        })
     }
 
     /// Causal-LM loss as transformers computes it with `labels` (`[B, T]` integers, −100 ignored):
