@@ -244,6 +244,9 @@ struct Mode {
     train: bool,
     sparing: bool,
     fused: bool,
+    /// Frozen bf16 weights on the CPU through `frozen::linear`'s bf16-weight kernel (default) or
+    /// candle's bf16 matmul with casts (`frozen::linear_cast`).
+    bf16_kernel: bool,
 }
 
 impl Projection {
@@ -257,8 +260,10 @@ impl Projection {
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let base = if mode.sparing {
+        let base = if mode.sparing && mode.bf16_kernel {
             frozen::linear(x, &self.weight)?
+        } else if mode.sparing {
+            frozen::linear_cast(x, &self.weight)?
         } else {
             frozen::linear_plain(x, &self.weight)?
         };
@@ -661,6 +666,7 @@ pub struct Qwen3 {
     inv_freq: Vec<f32>,
     sparing: bool,
     fused: bool,
+    bf16_kernel: bool,
     checkpointing: bool,
     device: Device,
 }
@@ -700,6 +706,7 @@ impl Qwen3 {
             inv_freq,
             sparing: true,
             fused: true,
+            bf16_kernel: true,
             checkpointing: false,
             device: vb.device().clone(),
         })
@@ -744,6 +751,14 @@ impl Qwen3 {
     /// composite ops run either way.
     pub fn set_fused_kernels(&mut self, on: bool) {
         self.fused = on;
+    }
+
+    /// Benchmark/comparison switch: `false` runs frozen bf16 weights on the CPU through candle's bf16
+    /// matmul (activations cast to bf16, both operands widened to f32 inside candle on every call)
+    /// instead of the bf16-weight kernel of [`crate::model::bf16_linear`]. No effect on f32 weights
+    /// or off the CPU.
+    pub fn set_bf16_kernel(&mut self, on: bool) {
+        self.bf16_kernel = on;
     }
 
     /// Activation checkpointing per decoder layer (transformers' `gradient_checkpointing`) for
@@ -850,7 +865,7 @@ impl Qwen3 {
         opts: ForwardOptions,
     ) -> Result<ForwardOutput> {
         let (hidden, hidden_states) = self.hidden(input, attention_mask, opts)?;
-        let logits = frozen::linear(&hidden, &self.lm_head)?;
+        let logits = self.lm_head(&hidden)?;
         Ok(ForwardOutput {
             logits,
             hidden_states,
@@ -917,7 +932,11 @@ impl Qwen3 {
 
     /// Projects hidden states through the LM head (tied embeddings or `lm_head.weight`).
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(frozen::linear(hidden, &self.lm_head)?)
+        Ok(if self.bf16_kernel {
+            frozen::linear(hidden, &self.lm_head)?
+        } else {
+            frozen::linear_cast(hidden, &self.lm_head)?
+        })
     }
 
     /// Causal-LM loss as transformers computes it with `labels` (`[B, T]` integers, −100 ignored):
@@ -1048,6 +1067,7 @@ impl Qwen3 {
             train,
             sparing: self.sparing,
             fused: self.fused,
+            bf16_kernel: self.bf16_kernel,
         }
     }
 
