@@ -174,6 +174,14 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+impl SharedOut {
+    /// The pointer, through a method so that closures capture the whole (`Sync`) wrapper rather
+    /// than its raw-pointer field.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 thread_local! {
     /// One f32 tile per thread (at most TILE_OUT × TILE_IN values), reused across calls.
     static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -192,21 +200,19 @@ fn times_transposed(x: &[f32], rows: usize, w: &[bf16], out: usize, inp: usize) 
     if rows <= FEW_ROWS {
         let dot = dot_kernel();
         (0..out.div_ceil(DOT_BLOCK)).into_par_iter().for_each(|b| {
-            let dst = dst;
             for o in b * DOT_BLOCK..((b + 1) * DOT_BLOCK).min(out) {
                 let w_row = &w[o * inp..(o + 1) * inp];
                 for r in 0..rows {
                     let v = dot(&x[r * inp..(r + 1) * inp], w_row);
                     // SAFETY: y[r, o] is inside y (r < rows, o < out) and output feature o
                     // belongs to this task only.
-                    unsafe { *dst.0.add(r * out + o) = v };
+                    unsafe { *dst.ptr().add(r * out + o) = v };
                 }
             }
         });
         return y;
     }
     (0..out.div_ceil(TILE_OUT)).into_par_iter().for_each(|b| {
-        let dst = dst;
         let o0 = b * TILE_OUT;
         let n = TILE_OUT.min(out - o0);
         TILE.with_borrow_mut(|tile| {
@@ -227,7 +233,7 @@ fn times_transposed(x: &[f32], rows: usize, w: &[bf16], out: usize, inp: usize) 
                         rows,
                         n,
                         kb,
-                        dst.0.add(o0),
+                        dst.ptr().add(o0),
                         1,
                         out as isize,
                         k0 > 0,
@@ -259,7 +265,6 @@ fn times(g: &[f32], rows: usize, w: &[bf16], out: usize, inp: usize) -> Vec<f32>
     }
     let dst = SharedOut(y.as_mut_ptr());
     (0..inp.div_ceil(TILE_OUT)).into_par_iter().for_each(|b| {
-        let dst = dst;
         let i0 = b * TILE_OUT;
         let n = TILE_OUT.min(inp - i0);
         TILE.with_borrow_mut(|tile| {
@@ -279,7 +284,7 @@ fn times(g: &[f32], rows: usize, w: &[bf16], out: usize, inp: usize) -> Vec<f32>
                         rows,
                         n,
                         ob,
-                        dst.0.add(i0),
+                        dst.ptr().add(i0),
                         1,
                         inp as isize,
                         o0 > 0,
