@@ -2,7 +2,9 @@
 //! configuration, with frozen projections through the sparing op (default) or candle's plain
 //! matmul (`--plain`), which also computes every frozen weight's gradient; attention and RMSNorm
 //! through the fused kernels (default) or the composite candle ops (`--composite`); with
-//! `--checkpointing`, activation checkpointing per decoder layer.
+//! `--checkpointing`, activation checkpointing per decoder layer. `--frozen-dtype bf16` holds the
+//! frozen weights in bf16: on the CPU through the bf16-weight kernel, or with `--bf16-cast` through
+//! candle's bf16 matmul with casts (the path before the kernel).
 //!
 //! Run by hand, one mode per process so that peak memory (VmHWM) is per mode:
 //!   cargo run --release -p roomplan-trainer --example qwen3_lora_bench -- [--plain] [--composite] [--steps N]
@@ -60,15 +62,18 @@ where
     }
 }
 
+/// Random weights on the CPU, each matrix converted to `dtype` as soon as it is drawn (so bf16
+/// runs hold no f32 copy of the model, which would also count in the peak RSS).
 fn random_weights(
     cfg: &Config,
+    dtype: DType,
     rng: &mut rand_chacha::ChaCha8Rng,
 ) -> Result<HashMap<String, Tensor>> {
     let mut normal = |shape: (usize, usize), std: f32| -> Result<Tensor> {
         let v: Vec<f32> = (0..shape.0 * shape.1)
             .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * std * 1.732)
             .collect();
-        Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+        Ok(Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)?)
     };
     let mut w = HashMap::new();
     w.insert(
@@ -213,7 +218,7 @@ fn main() -> Result<()> {
     let json = args.iter().any(|a| a == "--json");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let weights = if device.is_cpu() {
-        random_weights(&cfg, &mut rng)?
+        random_weights(&cfg, frozen_dtype, &mut rng)?
     } else {
         random_weights_on(&cfg, &device)?
     };
@@ -223,6 +228,8 @@ fn main() -> Result<()> {
     )?;
     model.set_sparing_grads(!plain);
     model.set_fused_kernels(!composite);
+    let bf16_cast = args.iter().any(|a| a == "--bf16-cast");
+    model.set_bf16_kernel(!bf16_cast);
     let checkpointing = args.iter().any(|a| a == "--checkpointing");
     model.set_gradient_checkpointing(checkpointing);
     let lora = Lora::init(
@@ -314,10 +321,15 @@ fn main() -> Result<()> {
         return Ok(());
     }
     println!(
-        "mode {}{}{}: {} layers, batch {batch}x{seq}, median step {:.3} s over {steps} steps (min {:.3}, max {:.3}; backward median {:.3}, min {:.3}), peak RSS {:.0} MiB ({:.0} before the first step), threads {}",
+        "mode {}{}{}{}: {} layers, batch {batch}x{seq}, median step {:.3} s over {steps} steps (min {:.3}, max {:.3}; backward median {:.3}, min {:.3}), peak RSS {:.0} MiB ({:.0} before the first step), threads {}",
         if plain { "plain-matmul" } else { "sparing" },
         if composite { ", composite" } else { ", fused" },
         if checkpointing { ", checkpointing" } else { "" },
+        match (frozen_dtype, bf16_cast) {
+            (DType::BF16, false) => ", bf16 frozen weights (bf16-weight kernel)",
+            (DType::BF16, true) => ", bf16 frozen weights (candle bf16 matmul, casts)",
+            _ => "",
+        },
         cfg.num_hidden_layers,
         median,
         times[0],

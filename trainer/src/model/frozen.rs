@@ -9,9 +9,15 @@
 //!
 //! The model code uses them wherever one operand may be frozen, so after `backward()` the gradient
 //! store holds entries for trainable variables (and the tensors between them and the loss) only.
+//! [`linear`] with a frozen bf16 weight and f32 activations on the CPU runs the kernel of
+//! [`crate::model::bf16_linear`] (no f32 copy of the weight per call).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, MetalStorage, Shape, Tensor, D};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp2, DType, Layout, MetalStorage, Shape, Tensor, D,
+};
+
+use crate::model::bf16_linear;
 
 /// Which forward kernel a [`Sparing`] op runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,10 +223,28 @@ pub fn broadcast_add(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// `x @ weightᵀ` over the last axis of `x` (any leading dims), weight `[out, in]` as stored in
-/// Hugging Face checkpoints. When the weight is held in another dtype (bf16 frozen weights with f32
-/// activations), `x` is cast to it and the result cast back, both casts in the graph.
+/// Hugging Face checkpoints, with a gradient for the weight only if it tracks one.
+///
+/// f32 activations with a frozen bf16 weight on the CPU go through
+/// [`crate::model::bf16_linear::linear`] (f32 products, the weight widened tile by tile: no f32
+/// copy of the weight per call). Otherwise — same dtypes, another device (CUDA's bf16 matmul), a
+/// bf16 weight that is trained — [`linear_cast`].
 pub fn linear(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
-    let (out_features, in_features) = weight.dims2()?;
+    let frozen_bf16_on_cpu = x.dtype() == DType::F32
+        && weight.dtype() == DType::BF16
+        && weight.rank() == 2
+        && x.device().is_cpu()
+        && weight.device().is_cpu()
+        && !weight.track_op();
+    if frozen_bf16_on_cpu {
+        check_features(x, weight)?;
+        return bf16_linear::linear(x, weight);
+    }
+    linear_cast(x, weight)
+}
+
+fn check_features(x: &Tensor, weight: &Tensor) -> candle_core::Result<usize> {
+    let (_, in_features) = weight.dims2()?;
     if x.dim(D::Minus1)? != in_features {
         candle_core::bail!(
             "linear: input has {} features, weight {:?} expects {in_features}",
@@ -228,6 +252,16 @@ pub fn linear(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
             weight.shape()
         );
     }
+    Ok(in_features)
+}
+
+/// [`linear`] through candle's matmul in the weight's dtype: when the weight is held in another
+/// dtype (bf16 frozen weights with f32 activations), `x` is cast to it and the result cast back,
+/// both casts in the graph. On the CPU, candle 0.11.1 runs a bf16 matmul by widening both whole
+/// operands to f32 (a full f32 copy of the weight per call); kept to compare with the kernel.
+pub fn linear_cast(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    let in_features = check_features(x, weight)?;
+    let out_features = weight.dim(0)?;
     let in_dtype = x.dtype();
     let lead: Vec<usize> = x.dims()[..x.rank() - 1].to_vec();
     let rows: usize = lead.iter().product();

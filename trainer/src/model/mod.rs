@@ -1,10 +1,12 @@
 //! The networks: the frozen VGGT aggregator ([`vggt`], loaded by [`vggt_load`], fed by
 //! [`vggt_input`]), the trainable [`perceiver`] and [`geometry_head`], the frozen [`qwen3`] decoder
-//! with [`lora`] adapters (frozen weights without gradients through [`frozen`]; fused attention and
+//! with [`lora`] adapters (frozen weights without gradients through [`frozen`], frozen bf16 weights
+//! on the CPU through [`bf16_linear`]; fused attention and
 //! RMSNorm with a backward in [`kernels`]), their fusion
 //! ([`fused`]), the tokenizer and ChatML template ([`chat`]) and model files on disk or in the
 //! Hugging Face cache ([`hub`]).
 
+pub mod bf16_linear;
 pub mod chat;
 pub mod frozen;
 pub mod fused;

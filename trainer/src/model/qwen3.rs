@@ -245,6 +245,9 @@ struct Mode {
     train: bool,
     sparing: bool,
     fused: bool,
+    /// Frozen bf16 weights on the CPU through `frozen::linear`'s bf16-weight kernel (default) or
+    /// candle's bf16 matmul with casts (`frozen::linear_cast`).
+    bf16_kernel: bool,
 }
 
 impl Projection {
@@ -258,7 +261,7 @@ impl Projection {
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        if mode.fused && mode.sparing {
+        if mode.fused && mode.sparing && mode.bf16_kernel {
             // The projection, with its adapter, as one fused op (CPU f32; composite elsewhere),
             // unless dropout would draw a mask on the adapter's input.
             match &self.lora {
@@ -275,8 +278,10 @@ impl Projection {
                 Some(_) => {}
             }
         }
-        let base = if mode.sparing {
+        let base = if mode.sparing && mode.bf16_kernel {
             frozen::linear(x, &self.weight)?
+        } else if mode.sparing {
+            frozen::linear_cast(x, &self.weight)?
         } else {
             frozen::linear_plain(x, &self.weight)?
         };
@@ -679,6 +684,7 @@ pub struct Qwen3 {
     inv_freq: Vec<f32>,
     sparing: bool,
     fused: bool,
+    bf16_kernel: bool,
     checkpointing: bool,
     device: Device,
 }
@@ -718,6 +724,7 @@ impl Qwen3 {
             inv_freq,
             sparing: true,
             fused: true,
+            bf16_kernel: true,
             checkpointing: false,
             device: vb.device().clone(),
         })
@@ -762,6 +769,14 @@ impl Qwen3 {
     /// [`crate::model::kernels`]. Off the CPU the composite ops run either way.
     pub fn set_fused_kernels(&mut self, on: bool) {
         self.fused = on;
+    }
+
+    /// Benchmark/comparison switch: `false` runs frozen bf16 weights on the CPU through candle's bf16
+    /// matmul (activations cast to bf16, both operands widened to f32 inside candle on every call)
+    /// instead of the bf16-weight kernel of [`crate::model::bf16_linear`]. No effect on f32 weights
+    /// or off the CPU.
+    pub fn set_bf16_kernel(&mut self, on: bool) {
+        self.bf16_kernel = on;
     }
 
     /// Activation checkpointing per decoder layer (transformers' `gradient_checkpointing`) for
@@ -868,7 +883,7 @@ impl Qwen3 {
         opts: ForwardOptions,
     ) -> Result<ForwardOutput> {
         let (hidden, hidden_states) = self.hidden(input, attention_mask, opts)?;
-        let logits = frozen::linear(&hidden, &self.lm_head)?;
+        let logits = self.lm_head(&hidden)?;
         Ok(ForwardOutput {
             logits,
             hidden_states,
@@ -934,9 +949,12 @@ impl Qwen3 {
     }
 
     /// Projects hidden states through the LM head (tied embeddings or `lm_head.weight`): the
-    /// fused projection of [`kernels::linear`] unless the fused kernels or the sparing op are off.
+    /// fused projection of [`kernels::linear`] unless the fused kernels or the sparing op are off
+    /// (and candle's bf16 matmul when the bf16 kernel is off, for comparisons).
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(if self.fused && self.sparing {
+        Ok(if !self.bf16_kernel {
+            frozen::linear_cast(hidden, &self.lm_head)?
+        } else if self.fused && self.sparing {
             kernels::linear(hidden, &self.lm_head)?
         } else {
             frozen::linear(hidden, &self.lm_head)?
@@ -1071,6 +1089,7 @@ impl Qwen3 {
             train,
             sparing: self.sparing,
             fused: self.fused,
+            bf16_kernel: self.bf16_kernel,
         }
     }
 
