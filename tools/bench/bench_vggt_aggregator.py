@@ -265,6 +265,9 @@ def main():
     ap.add_argument("--cargo-profile", default="release",
                     help="cargo profile of the candle run (dev keeps dependencies at opt-level 3)")
     ap.add_argument("--keep", type=Path, help="write the benchmark folder here instead of a temporary one")
+    ap.add_argument("--candle-bin", type=Path,
+                    help="run this built bench_vggt example instead of `cargo run` (e.g. a kept copy of an "
+                         "older build, to time two versions side by side on the same folder)")
     args = ap.parse_args()
     if args.vggt_src:
         sys.path.insert(0, str(args.vggt_src))
@@ -306,8 +309,11 @@ def main():
     (folder / "config.json").write_text(json.dumps(folder_cfg, indent=2))
 
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
-    cmd = ["cargo", "run", "--quiet", "--profile", args.cargo_profile, "-p", "roomplan-trainer", "--example", "bench_vggt", "--",
-           str(folder), "--runs", str(args.runs)]
+    if args.candle_bin:
+        cmd = [str(args.candle_bin), str(folder), "--runs", str(args.runs)]
+    else:
+        cmd = ["cargo", "run", "--quiet", "--profile", args.cargo_profile, "-p", "roomplan-trainer", "--example",
+               "bench_vggt", "--", str(folder), "--runs", str(args.runs)]
     ours = json.loads(subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, text=True)
                       .stdout.strip().splitlines()[-1])
 
@@ -319,7 +325,8 @@ def main():
     print(f"| implementation | ms / forward (median) | ms / view | min ms / forward |")
     print(f"|---|---|---|---|")
     print(f"| {label} | {median:.1f} | {median / args.views:.1f} | {fastest:.1f} |")
-    print(f"| candle (roomplan-trainer, {args.cargo_profile} profile) | {ours['median_ms']:.1f} | {ours['median_ms_per_view']:.1f} | "
+    candle_label = f"{args.candle_bin}" if args.candle_bin else f"{args.cargo_profile} profile"
+    print(f"| candle (roomplan-trainer, {candle_label}) | {ours['median_ms']:.1f} | {ours['median_ms_per_view']:.1f} | "
           f"{ours['min_ms']:.1f} |")
     print(f"candle vs PyTorch last layer: max abs diff {ours['last_layer_max_abs_diff']:.2e}")
 

@@ -404,22 +404,22 @@ impl FusedAttention {
     fn probs(&self, b: usize, i0: usize, q: Mat, keys: &[f32], nk: usize, p: &mut [f32]) {
         let (bq, d) = (p.len() / nk, self.dims.d);
         mm((bq, nk, d), p, nk, false, q, Mat::transposed(keys, d));
+        if !self.mask.causal {
+            // Every key visible (the VGGT aggregator's attention): a vectorised row softmax.
+            for row in p.chunks_exact_mut(nk) {
+                crate::model::kernels_infer::softmax_scaled_in_place(row, self.scale);
+            }
+            return;
+        }
         for (r, row) in p.chunks_exact_mut(nk).enumerate() {
             let mut max = f32::NEG_INFINITY;
-            if self.mask.causal {
-                for (j, s) in row.iter_mut().enumerate() {
-                    *s = if self.mask.visible(b, i0 + r, j) {
-                        *s * self.scale
-                    } else {
-                        f32::NEG_INFINITY
-                    };
-                    max = max.max(*s);
-                }
-            } else {
-                for s in row.iter_mut() {
-                    *s *= self.scale;
-                    max = max.max(*s);
-                }
+            for (j, s) in row.iter_mut().enumerate() {
+                *s = if self.mask.visible(b, i0 + r, j) {
+                    *s * self.scale
+                } else {
+                    f32::NEG_INFINITY
+                };
+                max = max.max(*s);
             }
             let mut sum = 0f32;
             for s in row.iter_mut() {

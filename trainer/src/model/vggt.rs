@@ -17,6 +17,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use crate::model::kernels::KeyMask;
+use crate::model::kernels_infer;
 use serde::{Deserialize, Serialize};
 
 /// ImageNet statistics the aggregator normalises its [0, 1] input with.
@@ -306,11 +307,12 @@ pub fn scaled_dot_product_attention(
 }
 
 /// `vggt.layers.attention.Attention` (also DINOv2's): fused qkv, optional per-head q/k
-/// LayerNorm, optional 2-D RoPE, softmax attention, output projection.
+/// LayerNorm, optional 2-D RoPE, softmax attention; the output projection's weight (its bias
+/// lives in [`Block`], which fuses it with the LayerScale and the residual add).
 #[derive(Debug, Clone)]
 struct Attention {
     qkv: Linear,
-    proj: Linear,
+    proj_weight: Tensor,
     qk_norm: Option<(LayerNorm, LayerNorm)>,
     num_heads: usize,
 }
@@ -328,13 +330,59 @@ impl Attention {
         };
         Ok(Self {
             qkv: linear(dim, 3 * dim, vb.pp("qkv"))?,
-            proj: linear(dim, dim, vb.pp("proj"))?,
+            proj_weight: vb.pp("proj").get((dim, dim), "weight")?,
             qk_norm,
             num_heads,
         })
     }
 
-    fn forward(&self, x: &Tensor, rope: Option<&Rope2dTable>) -> Result<Tensor> {
+    /// q, k, v `[B, H, N, D]` with the q/k norms and RoPE applied: one fused pass on the CPU in
+    /// f32 ([`kernels_infer::qkv_heads`]), else [`Self::qkv_heads_composite`].
+    fn qkv_heads(
+        &self,
+        x: &Tensor,
+        rope: Option<&Rope2dTable>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (weight, Some(bias)) = (self.qkv.weight(), self.qkv.bias()) else {
+            bail!("VGGT attention: the qkv projection has no bias");
+        };
+        let mut inputs = vec![x, weight, bias];
+        if let Some(table) = rope {
+            inputs.extend([&table.cos, &table.sin]);
+        }
+        if !kernels_infer::fused_applies(&inputs) {
+            return self.qkv_heads_composite(x, rope);
+        }
+        fn head_norm(norm: &LayerNorm) -> Result<kernels_infer::HeadNorm<'_>> {
+            let Some(bias) = norm.bias() else {
+                bail!("VGGT attention: q/k norm without a bias");
+            };
+            Ok(kernels_infer::HeadNorm {
+                weight: norm.weight(),
+                bias,
+                eps: norm.eps(),
+            })
+        }
+        let qk_norm = match &self.qk_norm {
+            Some((q_norm, k_norm)) => Some([head_norm(q_norm)?, head_norm(k_norm)?]),
+            None => None,
+        };
+        let opts = kernels_infer::QkvOptions {
+            heads: self.num_heads,
+            qk_norm,
+            rope: rope.map(|t| (&t.cos, &t.sin)),
+        };
+        let qkv = kernels_infer::qkv_heads(x, weight, bias, &opts)?;
+        Ok((qkv.get(0)?, qkv.get(1)?, qkv.get(2)?))
+    }
+
+    /// [`Self::qkv_heads`] with candle ops: the projection, a permuted copy per q / k / v,
+    /// candle's LayerNorm and RoPE.
+    fn qkv_heads_composite(
+        &self,
+        x: &Tensor,
+        rope: Option<&Rope2dTable>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, n, c) = x.dims3()?;
         let h = self.num_heads;
         // [B, N, 3, H, D] → [3, B, H, N, D]: q = first C outputs, then k, then v; head-major.
@@ -354,29 +402,43 @@ impl Attention {
             q = apply_rope_2d(&q, table)?;
             k = apply_rope_2d(&k, table)?;
         }
+        Ok((q, k, v))
+    }
+
+    /// The heads' outputs `[B, N, C]`, before the output projection.
+    fn attend(&self, x: &Tensor, rope: Option<&Rope2dTable>) -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        let h = self.num_heads;
+        let (q, k, v) = self.qkv_heads(x, rope)?;
         if q.device().is_cpu() && q.dtype() == DType::F32 {
             // The fused kernel: scores a block of queries at a time (never every head's [N, N]
             // matrix), output already [B, N, H·D].
             let scale = 1.0 / ((c / h) as f64).sqrt();
-            let out = crate::model::kernels::attention(&q, &k, &v, &KeyMask::full(b, n), scale)?;
-            return self.proj.forward(&out);
+            return crate::model::kernels::attention(&q, &k, &v, &KeyMask::full(b, n), scale);
         }
         let out = scaled_dot_product_attention(&q, &k, &v, MAX_SCORE_ELEMENTS)?;
-        self.proj.forward(&out.transpose(1, 2)?.reshape((b, n, c))?)
+        out.transpose(1, 2)?.reshape((b, n, c))
     }
 }
 
 /// `vggt.layers.block.Block` (DINOv2's `NestedTensorBlock` is the same computation): pre-norm
 /// attention and exact-GELU MLP residuals, each scaled by a LayerScale `gamma`.
+///
+/// The projections feeding a residual run through [`kernels_infer::linear_scaled_residual`]
+/// (bias, LayerScale and residual add in one pass), `fc1` through
+/// [`kernels_infer::linear_bias_gelu`]; their bias and γ are kept stacked as `[2, C]`.
 #[derive(Debug, Clone)]
 struct Block {
     norm1: LayerNorm,
     attn: Attention,
-    ls1: Tensor,
+    /// `attn.proj.bias` and `ls1.gamma`.
+    proj_bias_ls1: Tensor,
     norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    ls2: Tensor,
+    fc1_weight: Tensor,
+    fc1_bias: Tensor,
+    fc2_weight: Tensor,
+    /// `mlp.fc2.bias` and `ls2.gamma`.
+    fc2_bias_ls2: Tensor,
 }
 
 impl Block {
@@ -389,24 +451,39 @@ impl Block {
         vb: VarBuilder,
     ) -> Result<Self> {
         let hidden = (dim as f64 * mlp_ratio) as usize;
+        let stacked = |bias: Tensor, gamma: Tensor| Tensor::stack(&[bias, gamma], 0);
         Ok(Self {
             norm1: layer_norm(dim, eps, vb.pp("norm1"))?,
             attn: Attention::new(dim, num_heads, qk_norm, vb.pp("attn"))?,
-            ls1: vb.pp("ls1").get(dim, "gamma")?,
+            proj_bias_ls1: stacked(
+                vb.pp("attn.proj").get(dim, "bias")?,
+                vb.pp("ls1").get(dim, "gamma")?,
+            )?,
             norm2: layer_norm(dim, eps, vb.pp("norm2"))?,
-            fc1: linear(dim, hidden, vb.pp("mlp.fc1"))?,
-            fc2: linear(hidden, dim, vb.pp("mlp.fc2"))?,
-            ls2: vb.pp("ls2").get(dim, "gamma")?,
+            fc1_weight: vb.pp("mlp.fc1").get((hidden, dim), "weight")?,
+            fc1_bias: vb.pp("mlp.fc1").get(hidden, "bias")?,
+            fc2_weight: vb.pp("mlp.fc2").get((dim, hidden), "weight")?,
+            fc2_bias_ls2: stacked(
+                vb.pp("mlp.fc2").get(dim, "bias")?,
+                vb.pp("ls2").get(dim, "gamma")?,
+            )?,
         })
     }
 
     fn forward(&self, x: &Tensor, rope: Option<&Rope2dTable>) -> Result<Tensor> {
-        let attn = self.attn.forward(&self.norm1.forward(x)?, rope)?;
-        let x = (x + attn.broadcast_mul(&self.ls1)?)?;
-        let mlp = self
-            .fc2
-            .forward(&self.fc1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?)?;
-        x + mlp.broadcast_mul(&self.ls2)?
+        let attn = self.attn.attend(&self.norm1.forward(x)?, rope)?;
+        let x = kernels_infer::linear_scaled_residual(
+            &attn,
+            &self.attn.proj_weight,
+            &self.proj_bias_ls1,
+            x,
+        )?;
+        let hidden = kernels_infer::linear_bias_gelu(
+            &self.norm2.forward(&x)?,
+            &self.fc1_weight,
+            &self.fc1_bias,
+        )?;
+        kernels_infer::linear_scaled_residual(&hidden, &self.fc2_weight, &self.fc2_bias_ls2, &x)
     }
 }
 
@@ -1019,6 +1096,52 @@ mod tests {
             .max_all()
             .unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() <= 1e-6);
+    }
+
+    fn random_attention(dim: usize, heads: usize, qk_norm: bool) -> Attention {
+        let dev = Device::Cpu;
+        let t =
+            |shape: &[usize], mean: f32, std: f32| Tensor::randn(mean, std, shape, &dev).unwrap();
+        let d = dim / heads;
+        let norm = || LayerNorm::new(t(&[d], 1.0, 0.2), t(&[d], 0.0, 0.5), BLOCK_LAYER_NORM_EPS);
+        Attention {
+            qkv: Linear::new(t(&[3 * dim, dim], 0.0, 0.3), Some(t(&[3 * dim], 0.0, 1.0))),
+            proj_weight: t(&[dim, dim], 0.0, 0.3),
+            qk_norm: qk_norm.then(|| (norm(), norm())),
+            num_heads: heads,
+        }
+    }
+
+    #[test]
+    fn fused_qkv_heads_are_bit_equal_to_composite() {
+        let dev = Device::Cpu;
+        let (b, n, dim, heads) = (2, 13, 48, 3);
+        let positions: Vec<[u32; 2]> = (0..n).map(|i| [i as u32 / 4, i as u32 % 4]).collect();
+        let table = Rope2dTable::new(&positions, 100.0, dim / heads, DType::F32, &dev).unwrap();
+        for (qk_norm, rope) in [
+            (true, Some(&table)),
+            (false, None),
+            (true, None),
+            (false, Some(&table)),
+        ] {
+            let attn = random_attention(dim, heads, qk_norm);
+            let x = Tensor::randn(0f32, 1.0, (b, n, dim), &dev).unwrap();
+            let fused = attn.qkv_heads(&x, rope).unwrap();
+            let composite = attn.qkv_heads_composite(&x, rope).unwrap();
+            for (f, c) in [
+                (fused.0, composite.0),
+                (fused.1, composite.1),
+                (fused.2, composite.2),
+            ] {
+                assert_eq!(f.dims(), [b, heads, n, dim / heads]);
+                assert_eq!(
+                    f.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    c.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    "qk_norm {qk_norm}, rope {}",
+                    rope.is_some()
+                );
+            }
+        }
     }
 
     #[test]
