@@ -15,7 +15,7 @@
 //! tools/bench/bench_qwen3_lora.py runs the same architecture in PyTorch (transformers + peft).
 //!
 //! Threads: `RAYON_NUM_THREADS` (gemm and the fused kernels); candle's own element-wise pool is
-//! left out (`CANDLE_NUM_THREADS=1` unless set, see [`keep_candle_elementwise_on_caller`]).
+//! left out (`CANDLE_NUM_THREADS=1` unless set, see `roomplan_trainer::keep_candle_elementwise_on_caller`).
 //!
 //! On a GPU (ci/gpu.sh): `--device cuda --frozen-dtype bf16 --config
 //! tools/bench/qwen3_4b_instruct_2507.json --batch B --seq 512 --peak-tflops P --json` times the
@@ -169,24 +169,8 @@ fn status_mib(key: &str) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Leaves candle's element-wise CPU ops on the calling thread unless `CANDLE_NUM_THREADS` is set.
-///
-/// candle 0.11 splits element-wise ops of ≥ 64 Ki elements across its own "barrier pool"
-/// (`CANDLE_NUM_THREADS` − 1 threads, default the rayon thread count), next to the rayon pool that
-/// gemm and our fused kernels use. With as many threads as cores the two pools take turns on the
-/// same cores: the barrier worker spins 25,000 pauses after every op, and the caller spins until
-/// a descheduled worker has finished. `perf` of this step at 2 threads (BENCHMARKS.md, 2026-12-02):
-/// 31 % of the samples spinning in `BarrierGuard::drop`, 10 % in the worker's wait. What is
-/// left element-wise in the step is small; the kernels and the matmuls keep every rayon thread.
-/// Must run before any candle op (the pool is built on first use) and before other threads start.
-fn keep_candle_elementwise_on_caller() {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
-}
-
 fn main() -> Result<()> {
-    keep_candle_elementwise_on_caller();
+    roomplan_trainer::keep_candle_elementwise_on_caller();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let plain = args.iter().any(|a| a == "--plain");
     let composite = args.iter().any(|a| a == "--composite");
