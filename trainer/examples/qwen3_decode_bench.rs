@@ -15,17 +15,18 @@
 //! Weights are random (drawn straight into bf16, no f32 copy of the model); the threads are rayon's
 //! (`RAYON_NUM_THREADS`). Progress goes to stderr, one summary line to stdout.
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
+use common::{random_qwen3_weights, Spread};
 use half::bf16;
 use rand::{Rng, SeedableRng};
-use roomplan_trainer::model::qwen3::{
-    projection_path, Config, Input, Qwen3, ATTENTION_PROJECTIONS, MLP_PROJECTIONS,
-};
+use roomplan_trainer::model::qwen3::{Config, Input, Qwen3};
 
 const HELP: &str = "qwen3_decode_bench: KV-cache decoding time per token and memory, frozen bf16 weights on the CPU
 
@@ -89,46 +90,20 @@ fn uniform(
     })
 }
 
+/// Random weights in `dtype` on the CPU (uniform, std 0.02 for the embeddings, 1/√fan_in else).
 fn random_weights(
     cfg: &Config,
     dtype: DType,
     rng: &mut rand_chacha::ChaCha8Rng,
 ) -> Result<HashMap<String, Tensor>> {
-    let mut w = HashMap::new();
-    w.insert(
-        "model.embed_tokens.weight".into(),
-        uniform((cfg.vocab_size, cfg.hidden_size), 0.02 * 1.732, dtype, rng)?,
-    );
-    let ones = |n: usize| Tensor::ones(n, dtype, &Device::Cpu);
-    for l in 0..cfg.num_hidden_layers {
-        eprint!(
-            "\rdrawing random weights: layer {}/{}",
-            l + 1,
-            cfg.num_hidden_layers
-        );
-        for m in ATTENTION_PROJECTIONS.iter().chain(MLP_PROJECTIONS.iter()) {
-            let (i, o) = cfg.projection_shape(m)?;
-            w.insert(
-                format!("{}.weight", projection_path(l, m)),
-                uniform((o, i), 1.732 / (i as f32).sqrt(), dtype, rng)?,
-            );
-        }
-        for n in ["input_layernorm", "post_attention_layernorm"] {
-            w.insert(
-                format!("model.layers.{l}.{n}.weight"),
-                ones(cfg.hidden_size)?,
-            );
-        }
-        for n in ["q_norm", "k_norm"] {
-            w.insert(
-                format!("model.layers.{l}.self_attn.{n}.weight"),
-                ones(cfg.head_dim())?,
-            );
-        }
-    }
-    eprintln!();
-    w.insert("model.norm.weight".into(), ones(cfg.hidden_size)?);
-    Ok(w)
+    let matrix = |shape: (usize, usize), spread: Spread| {
+        let bound = match spread {
+            Spread::Embedding => 0.02 * 1.732,
+            Spread::FanIn(i) => 1.732 / (i as f32).sqrt(),
+        };
+        uniform(shape, bound, dtype, rng)
+    };
+    random_qwen3_weights(cfg, matrix, |n| Tensor::ones(n, dtype, &Device::Cpu), true)
 }
 
 fn main() -> Result<()> {

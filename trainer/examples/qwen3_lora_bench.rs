@@ -28,16 +28,19 @@
 //! no gradient; N = the parameters of every projection and the LM head) plus 12·L·H·d·T for
 //! attention (QKᵀ and AV, forward and backward, full T×T as in PaLM's MFU); LoRA's own are omitted.
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder};
+use common::{random_qwen3_weights, Spread};
 use rand::{Rng, SeedableRng};
 use roomplan_trainer::model::lora::{Lora, LoraConfig};
 use roomplan_trainer::model::qwen3::{
-    projection_path, Config, Input, Qwen3, ATTENTION_PROJECTIONS, MLP_PROJECTIONS,
+    Config, Input, Qwen3, ATTENTION_PROJECTIONS, MLP_PROJECTIONS,
 };
 
 /// The benchmark architecture (also written in tools/bench/bench_qwen3_lora.py).
@@ -69,79 +72,36 @@ fn random_weights(
     dtype: DType,
     rng: &mut rand_chacha::ChaCha8Rng,
 ) -> Result<HashMap<String, Tensor>> {
-    let mut normal = |shape: (usize, usize), std: f32| -> Result<Tensor> {
+    let normal = |shape: (usize, usize), spread: Spread| -> Result<Tensor> {
+        let std = match spread {
+            Spread::Embedding => 0.02,
+            Spread::FanIn(i) => 1.0 / (i as f32).sqrt(),
+        };
         let v: Vec<f32> = (0..shape.0 * shape.1)
             .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * std * 1.732)
             .collect();
         Ok(Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)?)
     };
-    let mut w = HashMap::new();
-    w.insert(
-        "model.embed_tokens.weight".into(),
-        normal((cfg.vocab_size, cfg.hidden_size), 0.02)?,
-    );
-    let ones = |n: usize| Tensor::ones(n, DType::F32, &Device::Cpu);
-    for l in 0..cfg.num_hidden_layers {
-        for m in ATTENTION_PROJECTIONS.iter().chain(MLP_PROJECTIONS.iter()) {
-            let (i, o) = cfg.projection_shape(m)?;
-            w.insert(
-                format!("{}.weight", projection_path(l, m)),
-                normal((o, i), 1.0 / (i as f32).sqrt())?,
-            );
-        }
-        for n in ["input_layernorm", "post_attention_layernorm"] {
-            w.insert(
-                format!("model.layers.{l}.{n}.weight"),
-                ones(cfg.hidden_size)?,
-            );
-        }
-        for n in ["q_norm", "k_norm"] {
-            w.insert(
-                format!("model.layers.{l}.self_attn.{n}.weight"),
-                ones(cfg.head_dim())?,
-            );
-        }
-    }
-    w.insert("model.norm.weight".into(), ones(cfg.hidden_size)?);
-    Ok(w)
+    random_qwen3_weights(
+        cfg,
+        normal,
+        |n| Tensor::ones(n, DType::F32, &Device::Cpu),
+        false,
+    )
 }
 
 /// Random frozen weights drawn on `device` (uniform with the same spreads as [`random_weights`]),
 /// so a 4B-parameter model needs no host copy.
 fn random_weights_on(cfg: &Config, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let uniform = |shape: (usize, usize), std: f64| -> Result<Tensor> {
+    let uniform = |shape: (usize, usize), spread: Spread| -> Result<Tensor> {
+        let std = match spread {
+            Spread::Embedding => 0.02,
+            Spread::FanIn(i) => 1.0 / (i as f64).sqrt(),
+        };
         let a = std * 1.732;
         Ok(Tensor::rand(-a as f32, a as f32, shape, device)?)
     };
-    let ones = |n: usize| Tensor::ones(n, DType::F32, device);
-    let mut w = HashMap::new();
-    w.insert(
-        "model.embed_tokens.weight".into(),
-        uniform((cfg.vocab_size, cfg.hidden_size), 0.02)?,
-    );
-    for l in 0..cfg.num_hidden_layers {
-        for m in ATTENTION_PROJECTIONS.iter().chain(MLP_PROJECTIONS.iter()) {
-            let (i, o) = cfg.projection_shape(m)?;
-            w.insert(
-                format!("{}.weight", projection_path(l, m)),
-                uniform((o, i), 1.0 / (i as f64).sqrt())?,
-            );
-        }
-        for n in ["input_layernorm", "post_attention_layernorm"] {
-            w.insert(
-                format!("model.layers.{l}.{n}.weight"),
-                ones(cfg.hidden_size)?,
-            );
-        }
-        for n in ["q_norm", "k_norm"] {
-            w.insert(
-                format!("model.layers.{l}.self_attn.{n}.weight"),
-                ones(cfg.head_dim())?,
-            );
-        }
-    }
-    w.insert("model.norm.weight".into(), ones(cfg.hidden_size)?);
-    Ok(w)
+    random_qwen3_weights(cfg, uniform, |n| Tensor::ones(n, DType::F32, device), false)
 }
 
 /// Model FLOPs of one LoRA train step (the module doc's formula).
