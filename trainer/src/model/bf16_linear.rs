@@ -189,15 +189,9 @@ thread_local! {
 
 /// `y[rows, out] = x[rows, inp] · wᵀ`, `w` `[out, inp]` bf16.
 fn times_transposed(x: &[f32], rows: usize, w: &[bf16], out: usize, inp: usize) -> Vec<f32> {
-    let mut y = vec![0f32; rows * out];
-    if rows == 0 || out == 0 {
-        return y;
-    }
-    if inp == 0 {
-        return y; // an empty sum
-    }
-    let dst = SharedOut(y.as_mut_ptr());
-    if rows <= FEW_ROWS {
+    if rows <= FEW_ROWS && rows > 0 && out > 0 && inp > 0 {
+        let mut y = vec![0f32; rows * out];
+        let dst = SharedOut(y.as_mut_ptr());
         let dot = dot_kernel();
         (0..out.div_ceil(DOT_BLOCK)).into_par_iter().for_each(|b| {
             for o in b * DOT_BLOCK..((b + 1) * DOT_BLOCK).min(out) {
@@ -212,88 +206,76 @@ fn times_transposed(x: &[f32], rows: usize, w: &[bf16], out: usize, inp: usize) 
         });
         return y;
     }
-    (0..out.div_ceil(TILE_OUT)).into_par_iter().for_each(|b| {
-        let o0 = b * TILE_OUT;
-        let n = TILE_OUT.min(out - o0);
+    // Tile `[n, kb]` of output features o0.. and input features k0..: B = wᵀ is read as a
+    // `[kb, n]` matrix with row stride 1 and column stride kb.
+    tiled_product(x, rows, inp, out, |tile, o0, n, k0, kb| {
+        tile.resize(n * kb, 0.0);
+        for j in 0..n {
+            let src = &w[(o0 + j) * inp + k0..][..kb];
+            src.convert_to_f32_slice(&mut tile[j * kb..(j + 1) * kb]);
+        }
+        (kb as isize, 1)
+    })
+}
+
+/// `y[rows, inp] = g[rows, out] · w`, `w` `[out, inp]` bf16: the input gradient of the linear layer.
+fn times(g: &[f32], rows: usize, w: &[bf16], out: usize, inp: usize) -> Vec<f32> {
+    // Tile `[ob, n]` of output features o0.. (the sum) and input features i0.. (y's columns):
+    // B = w read row-major.
+    tiled_product(g, rows, out, inp, |tile, i0, n, o0, ob| {
+        tile.resize(ob * n, 0.0);
+        for j in 0..ob {
+            let src = &w[(o0 + j) * inp + i0..][..n];
+            src.convert_to_f32_slice(&mut tile[j * n..(j + 1) * n]);
+        }
+        (1, n as isize)
+    })
+}
+
+/// `y[rows, cols] = a[rows, depth] · B` with `B` `[depth, cols]` handed out widened to f32 tile by
+/// tile: `fill(tile, c0, n, k0, kb)` writes into the thread's tile the values of `B` for rows
+/// `k0..k0 + kb` and columns `c0..c0 + n` and returns where they are (column stride, row stride).
+/// Blocks of [`TILE_OUT`] columns run in parallel; each sums its [`TILE_IN`]-deep tiles in order,
+/// so the result does not depend on the thread count.
+fn tiled_product(
+    a: &[f32],
+    rows: usize,
+    depth: usize,
+    cols: usize,
+    fill: impl Fn(&mut Vec<f32>, usize, usize, usize, usize) -> (isize, isize) + Sync,
+) -> Vec<f32> {
+    let mut y = vec![0f32; rows * cols];
+    if rows == 0 || cols == 0 || depth == 0 {
+        return y; // an empty product or an empty sum
+    }
+    let dst = SharedOut(y.as_mut_ptr());
+    (0..cols.div_ceil(TILE_OUT)).into_par_iter().for_each(|b| {
+        let c0 = b * TILE_OUT;
+        let n = TILE_OUT.min(cols - c0);
         TILE.with_borrow_mut(|tile| {
-            for k0 in (0..inp).step_by(TILE_IN) {
-                let kb = TILE_IN.min(inp - k0);
-                tile.resize(n * kb, 0.0);
-                for j in 0..n {
-                    let src = &w[(o0 + j) * inp + k0..][..kb];
-                    src.convert_to_f32_slice(&mut tile[j * kb..(j + 1) * kb]);
-                }
-                // y[:, o0..o0+n] (+)= x[:, k0..k0+kb] · tileᵀ, the tile `[n, kb]` read as a
-                // `[kb, n]` matrix with row stride 1 and column stride kb.
-                // SAFETY: the gemm reads rows × kb of x (row stride inp, from k0 < inp), kb × n of
-                // the tile (n·kb values), and writes rows × n of y from column o0 with row stride
-                // out: inside every buffer; the columns o0..o0+n belong to this task only.
+            for k0 in (0..depth).step_by(TILE_IN) {
+                let kb = TILE_IN.min(depth - k0);
+                let (tile_cs, tile_rs) = fill(tile, c0, n, k0, kb);
+                // y[:, c0..c0+n] (+)= a[:, k0..k0+kb] · tile.
+                // SAFETY: the gemm reads rows × kb of a (row stride depth, from k0 < depth), the
+                // kb × n values `fill` wrote into the tile at the strides it gave, and writes
+                // rows × n of y from column c0 with row stride cols: inside every buffer; the
+                // columns c0..c0+n belong to this task only.
                 unsafe {
                     gemm::gemm(
                         rows,
                         n,
                         kb,
-                        dst.ptr().add(o0),
+                        dst.ptr().add(c0),
                         1,
-                        out as isize,
+                        cols as isize,
                         k0 > 0,
-                        x.as_ptr().add(k0),
+                        a.as_ptr().add(k0),
                         1,
-                        inp as isize,
+                        depth as isize,
                         tile.as_ptr(),
-                        kb as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    )
-                }
-            }
-        });
-    });
-    y
-}
-
-/// `y[rows, inp] = g[rows, out] · w`, `w` `[out, inp]` bf16: the input gradient of the linear layer.
-fn times(g: &[f32], rows: usize, w: &[bf16], out: usize, inp: usize) -> Vec<f32> {
-    let mut y = vec![0f32; rows * inp];
-    if rows == 0 || inp == 0 || out == 0 {
-        return y;
-    }
-    let dst = SharedOut(y.as_mut_ptr());
-    (0..inp.div_ceil(TILE_OUT)).into_par_iter().for_each(|b| {
-        let i0 = b * TILE_OUT;
-        let n = TILE_OUT.min(inp - i0);
-        TILE.with_borrow_mut(|tile| {
-            for o0 in (0..out).step_by(TILE_IN) {
-                let ob = TILE_IN.min(out - o0);
-                tile.resize(ob * n, 0.0);
-                for j in 0..ob {
-                    let src = &w[(o0 + j) * inp + i0..][..n];
-                    src.convert_to_f32_slice(&mut tile[j * n..(j + 1) * n]);
-                }
-                // y[:, i0..i0+n] (+)= g[:, o0..o0+ob] · tile, the tile `[ob, n]` row-major.
-                // SAFETY: the gemm reads rows × ob of g (row stride out, from o0 < out), the ob·n
-                // tile, and writes rows × n of y from column i0 with row stride inp: inside every
-                // buffer; the columns i0..i0+n belong to this task only.
-                unsafe {
-                    gemm::gemm(
-                        rows,
-                        n,
-                        ob,
-                        dst.ptr().add(i0),
-                        1,
-                        inp as isize,
-                        o0 > 0,
-                        g.as_ptr().add(o0),
-                        1,
-                        out as isize,
-                        tile.as_ptr(),
-                        1,
-                        n as isize,
+                        tile_cs,
+                        tile_rs,
                         1.0,
                         1.0,
                         false,
