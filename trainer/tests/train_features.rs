@@ -207,13 +207,18 @@ fn training_on_cached_features_takes_the_same_steps_as_vggt_live() {
     );
 }
 
+/// What `pins::verify` reports against an experiment that must not pass it.
+fn pin_problems(exp: &Experiment) -> Vec<String> {
+    let problems = pins::verify(exp, &mut HashCache::disabled()).unwrap_err();
+    problems.iter().map(|p| p.to_string()).collect()
+}
+
 #[test]
 fn features_that_do_not_match_the_experiment_are_refused_naming_the_pin() {
     let path = cached_experiment();
     // Other output layers than the features were computed with.
     let exp = load(path, &["model.vggt.layers=[1]"]);
-    let problems = pins::verify(&exp, &mut HashCache::disabled()).unwrap_err();
-    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    let text = pin_problems(&exp);
     assert!(
         text.iter()
             .any(|t| t.contains("data.datasets.0.features (layers)")
@@ -222,11 +227,7 @@ fn features_that_do_not_match_the_experiment_are_refused_naming_the_pin() {
     );
     // Another dtype.
     let exp = load(path, &["model.frozen_dtype=bf16"]);
-    let text: Vec<String> = pins::verify(&exp, &mut HashCache::disabled())
-        .unwrap_err()
-        .iter()
-        .map(|p| p.to_string())
-        .collect();
+    let text = pin_problems(&exp);
     assert!(
         text.iter()
             .any(|t| t.contains("computed with dtype f32, the experiment has bf16")),
@@ -242,11 +243,7 @@ fn features_that_do_not_match_the_experiment_are_refused_naming_the_pin() {
     let broken = world::shared().root.join("fixture-cached-broken.yaml");
     std::fs::write(&broken, text.replace(&digest, &"f".repeat(64))).unwrap();
     let exp = load(&broken, &[]);
-    let text: Vec<String> = pins::verify(&exp, &mut HashCache::disabled())
-        .unwrap_err()
-        .iter()
-        .map(|p| p.to_string())
-        .collect();
+    let text = pin_problems(&exp);
     assert!(
         text.iter()
             .any(|t| t.contains("sha256 mismatch for data.datasets.0.features.digest")),
