@@ -267,7 +267,12 @@ fn fused_kernels_match_the_composite_ops_with_adapters_on_attention_only() {
     let targets = ["q_proj", "k_proj", "v_proj", "o_proj"];
     let (loss_f, fused) = padded_batch_grads_on(&targets, false, true, 0.0).unwrap();
     let (loss_c, composite) = padded_batch_grads_on(&targets, false, false, 0.0).unwrap();
-    assert!((loss_f - loss_c).abs() <= 1e-6, "loss {loss_f} vs {loss_c}");
+    // A few ulps of the loss (≈ 8): the fused softmax's exp is not libm's.
+    let tol = 4.0 * f32::EPSILON * loss_c.abs();
+    assert!(
+        (loss_f - loss_c).abs() <= tol,
+        "loss {loss_f} vs {loss_c} (tolerance {tol})"
+    );
     let d = max_grad_diff(&fused, &composite);
     println!("fused vs composite (attention adapters): largest relative gradient difference {d}");
     assert!(d <= 1e-5, "gradients differ by {d} (relative)");
