@@ -17,6 +17,12 @@
 //! [`lora_linear`] is a frozen projection with its LoRA adapter in one op whose backward hands out
 //! one gradient for the input instead of two summed by the graph.
 //!
+//! Fewer graph nodes for the train step (every node's gradient costs candle's backward a
+//! zero-filled buffer and a sum, on the one thread that runs its bookkeeping):
+//! [`rms_norm_rope`] takes Qwen3's q/k projection output through the per-head norm and RoPE in one
+//! op, [`attention_v_by_token`] reads V in the projection's layout, [`swiglu_mlp_input`] is the
+//! gate and up projections with their gating.
+//!
 //! All run only on the CPU in f32: on another device or dtype they fall back to the composite
 //! version (the same graph as before, so `cuda` builds and runs unchanged). Their backward spares
 //! operands that do not track gradients, like [`crate::model::frozen`].
