@@ -131,6 +131,7 @@ fn status_mib(key: &str) -> Option<f64> {
 
 fn main() -> Result<()> {
     roomplan_trainer::keep_candle_elementwise_on_caller();
+    roomplan_trainer::keep_freed_memory_for_reuse();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let plain = args.iter().any(|a| a == "--plain");
     let composite = args.iter().any(|a| a == "--composite");

@@ -540,3 +540,283 @@ fn lora_linear_spares_untracked_operands_and_refuses_other_shapes() {
     let err = kernels::lora_linear_fused(&x, &w, &random(&[3, 15], 7), &b, 2.0).unwrap_err();
     assert!(err.to_string().contains("do not fit"), "{err}");
 }
+
+/// Attention with V as the value projection hands it out (`[B, T_k, H_kv·D]`) against the composite
+/// attention on V reshaped and transposed: values and the gradients of q, k and V in its own layout.
+fn check_attention_v_by_token(hq: usize, hkv: usize, tq: usize, tk: usize, d: usize, seed: u64) {
+    let b = 3;
+    let mask = KeyMask::new(padded_rows(tk), tk - tq).unwrap();
+    let q = Var::from_tensor(&(random(&[b, hq, tq, d], seed) * 3.0).unwrap()).unwrap();
+    let k = var(&[b, hkv, tk, d], seed + 1);
+    let v = var(&[b, tk, hkv * d], seed + 2);
+    let weights = random(&[b, tq, hq * d], seed + 3);
+    let scale = (d as f64).powf(-0.5);
+    let run = |fused: bool| {
+        let out = if fused {
+            kernels::attention_v_by_token_fused(&q, &k, &v, &mask, scale).unwrap()
+        } else {
+            let v_heads = v
+                .reshape((b, tk, hkv, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap();
+            let bias = mask.bias(&Device::Cpu).unwrap();
+            kernels::attention_composite(&q, &k, &v_heads, &bias, scale).unwrap()
+        };
+        let grads = (&out * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g = |x: &Var| grads.get(x.as_tensor()).unwrap().clone();
+        (out, g(&q), g(&k), g(&v))
+    };
+    let (out_f, gq_f, gk_f, gv_f) = run(true);
+    let (out_c, gq_c, gk_c, gv_c) = run(false);
+    let ctx = format!("hq {hq} hkv {hkv} tq {tq} tk {tk} d {d}");
+    assert_eq!(out_f.dims(), [b, tq, hq * d]);
+    assert_eq!(gv_f.dims(), [b, tk, hkv * d], "{ctx}");
+    assert!(
+        diff(&out_f, &out_c) <= 1e-6,
+        "{ctx}: output {}",
+        diff(&out_f, &out_c)
+    );
+    for (name, f, c) in [
+        ("q", &gq_f, &gq_c),
+        ("k", &gk_f, &gk_c),
+        ("v", &gv_f, &gv_c),
+    ] {
+        let dd = diff(f, c);
+        assert!(dd <= 2e-6, "{ctx}: grad {name} differs by {dd}");
+        assert!(abs_max(c) > 1e-2, "{ctx}: grad {name} is (nearly) zero");
+    }
+    // The same bits as the heads-first kernel on the transposed copy.
+    let v_heads = v
+        .as_tensor()
+        .reshape((b, tk, hkv, d))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap();
+    let heads_first = kernels::attention_fused(&q, &k, &v_heads, &mask, scale).unwrap();
+    assert_eq!(diff(&out_f, &heads_first), 0.0, "{ctx}");
+}
+
+#[test]
+fn attention_v_by_token_matches_composite_values_and_grads() {
+    check_attention_v_by_token(4, 2, 17, 17, 32, 110);
+    check_attention_v_by_token(3, 3, 9, 9, 20, 120);
+    check_attention_v_by_token(2, 1, 150, 150, 16, 135);
+    check_attention_v_by_token(4, 2, 3, 10, 16, 140); // after a cache offset
+    let q = random(&[3, 2, 6, 8], 1);
+    let k = random(&[3, 2, 6, 8], 2);
+    let mask = KeyMask::new(padded_rows(6), 0).unwrap();
+    let err = kernels::attention_v_by_token_fused(&q, &k, &random(&[3, 6, 8], 3), &mask, 1.0)
+        .unwrap_err();
+    assert!(err.to_string().contains("want [3, 6, 16]"), "{err}");
+}
+
+/// The fused norm + RoPE of a projection's output `[B, T, H·D]` against the composite RMSNorm and
+/// RoPE on it viewed as `[B, T, H, D]` (values and input gradient), and the same bits as the two
+/// fused kernels one after the other.
+fn check_rms_norm_rope(b: usize, t: usize, h: usize, d: usize, per_row_tables: bool, seed: u64) {
+    let positions: Vec<Vec<usize>> = (0..if per_row_tables { b } else { 1 })
+        .map(|r| (0..t).map(|i| i + 2 * r).collect())
+        .collect();
+    let (cos, sin) = rope_tables(&positions, d);
+    // Heads of different scales, so 1/rms varies.
+    let x = Var::from_tensor(
+        &random(&[b, t, h * d], seed)
+            .broadcast_mul(&(random(&[b, t, 1], seed + 9).abs().unwrap() * 4.0).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let w = random(&[d], seed + 1);
+    let weights = random(&[b, h, t, d], seed + 2);
+    let x4 = || x.reshape((b, t, h, d)).unwrap();
+    let run = |which: u8| {
+        let y = match which {
+            0 => kernels::rms_norm_rope_fused(&x, &w, 1e-6, &cos, &sin, h).unwrap(),
+            1 => kernels::rope_composite(
+                &kernels::rms_norm_composite(&x4(), &w, 1e-6).unwrap(),
+                &cos,
+                &sin,
+            )
+            .unwrap(),
+            _ => kernels::rope_fused(
+                &kernels::rms_norm_fused(&x4(), &w, 1e-6).unwrap(),
+                &cos,
+                &sin,
+            )
+            .unwrap(),
+        };
+        let grads = (&y * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(grads.get(&w).is_none());
+        (y, grads.get(x.as_tensor()).unwrap().clone())
+    };
+    let ctx = format!("b {b} t {t} h {h} d {d} per-row {per_row_tables}");
+    let ((y_f, g_f), (y_c, g_c), (y_s, g_s)) = (run(0), run(1), run(2));
+    assert_eq!(y_f.dims(), [b, h, t, d], "{ctx}");
+    assert_eq!(g_f.dims(), [b, t, h * d], "{ctx}");
+    assert!(
+        diff(&y_f, &y_c) <= 1e-5,
+        "{ctx}: values {}",
+        diff(&y_f, &y_c)
+    );
+    // Sums of D products at scales up to ~4: equal up to f32 rounding order.
+    let tol = 1e-6 * abs_max(&g_c).max(1.0) as f64;
+    assert!(
+        diff(&g_f, &g_c) <= tol,
+        "{ctx}: grad {} > {tol}",
+        diff(&g_f, &g_c)
+    );
+    assert!(abs_max(&g_c) > 1e-2, "{ctx}");
+    assert_eq!(
+        diff(&y_f, &y_s),
+        0.0,
+        "{ctx}: values vs the two fused kernels"
+    );
+    assert!(
+        diff(&g_f, &g_s) <= 1e-6,
+        "{ctx}: grad vs the two fused kernels {}",
+        diff(&g_f, &g_s)
+    );
+}
+
+#[test]
+fn rms_norm_rope_matches_composite_values_and_grads() {
+    check_rms_norm_rope(2, 9, 3, 8, false, 1);
+    check_rms_norm_rope(3, 5, 2, 6, true, 2);
+    check_rms_norm_rope(2, 70, 4, 32, false, 3);
+    let x = random(&[2, 5, 12], 4);
+    let (cos, sin) = rope_tables(&[(0..5).collect()], 4);
+    let err = kernels::rms_norm_rope_fused(&x, &random(&[4], 5), 1e-6, &cos, &sin, 5).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("12 values per position for 5 heads"),
+        "{err}"
+    );
+    let err = kernels::rms_norm_rope_fused(&x, &random(&[4], 5), 1e-6, &cos, &sin, 2).unwrap_err();
+    assert!(
+        err.to_string().contains("weight [4] for heads of 6"),
+        "{err}"
+    );
+}
+
+/// The fused gate/up projections and gating against two frozen projections and the composite
+/// SwiGLU: values and the input gradient; the weights get none.
+fn check_swiglu_mlp_input(lead: &[usize], (inp, inter): (usize, usize), seed: u64) {
+    let x_shape: Vec<usize> = lead.iter().copied().chain([inp]).collect();
+    let y_shape: Vec<usize> = lead.iter().copied().chain([inter]).collect();
+    let x = Var::from_tensor(&(random(&x_shape, seed) * 2.0).unwrap()).unwrap();
+    let (wg, wu) = (
+        random(&[inter, inp], seed + 1),
+        random(&[inter, inp], seed + 2),
+    );
+    let weights = random(&y_shape, seed + 3);
+    let run = |fused: bool| {
+        let y = if fused {
+            kernels::swiglu_mlp_input_fused(&x, &wg, &wu).unwrap()
+        } else {
+            let frozen = roomplan_trainer::model::frozen::linear;
+            kernels::swiglu_composite(&frozen(&x, &wg).unwrap(), &frozen(&x, &wu).unwrap()).unwrap()
+        };
+        let grads = (&y * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(grads.get(&wg).is_none() && grads.get(&wu).is_none());
+        (y, grads.get(x.as_tensor()).unwrap().clone())
+    };
+    let ((y_f, g_f), (y_c, g_c)) = (run(true), run(false));
+    let ctx = format!("{lead:?} in {inp} inter {inter}");
+    assert_eq!(y_f.dims(), y_shape.as_slice(), "{ctx}");
+    for (name, f, c) in [("values", &y_f, &y_c), ("grad x", &g_f, &g_c)] {
+        let tol = 2e-6 * abs_max(c).max(1.0) as f64;
+        assert!(diff(f, c) <= tol, "{ctx}: {name} {} > {tol}", diff(f, c));
+        assert!(abs_max(c) > 1e-2, "{ctx}: {name} is all but zero");
+    }
+}
+
+#[test]
+fn swiglu_mlp_input_matches_composite_values_and_grads() {
+    check_swiglu_mlp_input(&[2, 7], (20, 36), 1);
+    check_swiglu_mlp_input(&[3, 67], (130, 200), 2);
+    // Nothing tracked: the values alone, and no gradient.
+    let x = random(&[2, 3, 8], 3);
+    let (wg, wu) = (random(&[5, 8], 4), random(&[5, 8], 5));
+    let y = kernels::swiglu_mlp_input_fused(&x, &wg, &wu).unwrap();
+    // Only the untracked root's own entry.
+    assert_eq!(
+        y.sum_all().unwrap().backward().unwrap().get_ids().count(),
+        1
+    );
+    let err = kernels::swiglu_mlp_input_fused(&x, &wg, &random(&[6, 8], 6)).unwrap_err();
+    assert!(err.to_string().contains("differ"), "{err}");
+}
+
+/// The kernels changed for the 2-thread step give the same bits on 1 and 3 threads: each output
+/// element is computed by one task in a fixed order whatever the pool's size.
+#[test]
+fn new_kernels_do_not_depend_on_the_thread_count() {
+    let (b, t, hq, hkv, d) = (2, 70, 4, 2, 16);
+    let mask = KeyMask::new(vec![vec![true; t]; b], 0).unwrap();
+    let (cos, sin) = rope_tables(&[(0..t).collect()], d);
+    let xq = var(&[b, t, hq * d], 1);
+    let xk = var(&[b, t, hkv * d], 2);
+    let v = var(&[b, t, hkv * d], 3);
+    let w = random(&[d], 4);
+    let h = var(&[b, t, 40], 5);
+    let (wg, wu) = (random(&[300, 40], 6), random(&[300, 40], 7));
+    let run = || {
+        let q = kernels::rms_norm_rope_fused(&xq, &w, 1e-6, &cos, &sin, hq).unwrap();
+        let k = kernels::rms_norm_rope_fused(&xk, &w, 1e-6, &cos, &sin, hkv).unwrap();
+        let o = kernels::attention_v_by_token_fused(&q, &k, &v, &mask, 0.25).unwrap();
+        let m = kernels::swiglu_mlp_input_fused(&h, &wg, &wu).unwrap();
+        let loss =
+            (o.sqr().unwrap().sum_all().unwrap() + m.sqr().unwrap().sum_all().unwrap()).unwrap();
+        let grads = loss.backward().unwrap();
+        let mut out = vec![loss.to_scalar::<f32>().unwrap()];
+        for x in [&xq, &xk, &v, &h] {
+            out.extend(
+                grads
+                    .get(x.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            );
+        }
+        out
+    };
+    let on = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(run)
+    };
+    let (one, three) = (on(1), on(3));
+    assert_eq!(one.len(), three.len());
+    let differing = one
+        .iter()
+        .zip(&three)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(
+        differing,
+        0,
+        "{differing} of {} values differ between 1 and 3 threads",
+        one.len()
+    );
+}

@@ -267,6 +267,7 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     roomplan_trainer::keep_candle_elementwise_on_caller();
+    roomplan_trainer::keep_freed_memory_for_reuse();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

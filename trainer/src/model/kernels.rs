@@ -17,6 +17,12 @@
 //! [`lora_linear`] is a frozen projection with its LoRA adapter in one op whose backward hands out
 //! one gradient for the input instead of two summed by the graph.
 //!
+//! Fewer graph nodes for the train step (every node's gradient costs candle's backward a
+//! zero-filled buffer and a sum, on the one thread that runs its bookkeeping):
+//! [`rms_norm_rope`] takes Qwen3's q/k projection output through the per-head norm and RoPE in one
+//! op, [`attention_v_by_token`] reads V in the projection's layout, [`swiglu_mlp_input`] is the
+//! gate and up projections with their gating.
+//!
 //! All run only on the CPU in f32: on another device or dtype they fall back to the composite
 //! version (the same graph as before, so `cuda` builds and runs unchanged). Their backward spares
 //! operands that do not track gradients, like [`crate::model::frozen`].
@@ -171,41 +177,98 @@ pub fn attention_fused(
     mask: &KeyMask,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
-    let (b, hq, tq, d) = q.dims4()?;
-    let (bk, hkv, tk, dk) = k.dims4()?;
-    if v.dims4()? != (bk, hkv, tk, dk) || bk != b || dk != d {
-        candle_core::bail!(
-            "attention: q {:?}, k {:?}, v {:?} do not fit",
-            q.shape(),
-            k.shape(),
-            v.shape()
-        );
-    }
-    if hkv == 0 || !hq.is_multiple_of(hkv) {
-        candle_core::bail!("attention: {hq} query heads for {hkv} KV heads");
-    }
-    if mask.batch() != b || mask.keys() != tk || mask.queries() != tq {
-        candle_core::bail!(
-            "attention: mask for {} rows of {} queries / {} keys, tensors [{b}, {tq}, {tk}]",
-            mask.batch(),
-            mask.queries(),
-            mask.keys()
-        );
-    }
-    let op = FusedAttention {
-        dims: AttnDims {
-            b,
-            hq,
-            hkv,
-            tq,
-            tk,
-            d,
-        },
-        mask: mask.clone(),
-        scale: scale as f32,
-    };
+    let op = FusedAttention::new(q, k, v.dims4()?, mask, scale, false)?;
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+/// [`attention`] with the values as the value projection hands them out, `[B, T_k, H_kv·D]`
+/// (heads concatenated per position), instead of `[B, H_kv, T_k, D]`: the fused kernel reads each
+/// head's values in place and gives their gradient back in that layout, so the graph has no
+/// reshape, transpose and copy of V (each a zero-filled gradient and a sum in candle's backward).
+/// Fused on the CPU in f32; elsewhere the reshape and transpose, then the composite attention.
+pub fn attention_v_by_token(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &KeyMask,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    if is_cpu_f32(&[q, k, v]) {
+        return attention_v_by_token_fused(q, k, v, mask, scale);
+    }
+    let (b, hkv, tk, d) = k.dims4()?;
+    let v = v.reshape((b, tk, hkv, d))?.transpose(1, 2)?.contiguous()?;
+    attention_composite(q, k, &v, &mask.bias(q.device())?, scale)
+}
+
+/// The fused [`attention_v_by_token`] on any device (errors off the CPU / f32): exposed for tests.
+pub fn attention_v_by_token_fused(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &KeyMask,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let (b, hkv, tk, d) = k.dims4()?;
+    if v.dims3()? != (b, tk, hkv * d) {
+        candle_core::bail!(
+            "attention: v {:?} for k {:?} (want [{b}, {tk}, {}])",
+            v.shape(),
+            k.shape(),
+            hkv * d
+        );
+    }
+    let op = FusedAttention::new(q, k, (b, hkv, tk, d), mask, scale, true)?;
+    q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+impl FusedAttention {
+    /// Checks the shapes (`v_heads`: V's dims in the heads-first order) and the mask.
+    fn new(
+        q: &Tensor,
+        k: &Tensor,
+        v_heads: (usize, usize, usize, usize),
+        mask: &KeyMask,
+        scale: f64,
+        v_by_token: bool,
+    ) -> candle_core::Result<Self> {
+        let (b, hq, tq, d) = q.dims4()?;
+        let (bk, hkv, tk, dk) = k.dims4()?;
+        if v_heads != (bk, hkv, tk, dk) || bk != b || dk != d {
+            candle_core::bail!(
+                "attention: q {:?}, k {:?}, v {:?} (as [B, H, T, D]) do not fit",
+                q.shape(),
+                k.shape(),
+                v_heads
+            );
+        }
+        if hkv == 0 || !hq.is_multiple_of(hkv) {
+            candle_core::bail!("attention: {hq} query heads for {hkv} KV heads");
+        }
+        if mask.batch() != b || mask.keys() != tk || mask.queries() != tq {
+            candle_core::bail!(
+                "attention: mask for {} rows of {} queries / {} keys, tensors [{b}, {tq}, {tk}]",
+                mask.batch(),
+                mask.queries(),
+                mask.keys()
+            );
+        }
+        Ok(Self {
+            dims: AttnDims {
+                b,
+                hq,
+                hkv,
+                tq,
+                tk,
+                d,
+            },
+            mask: mask.clone(),
+            scale: scale as f32,
+            v_by_token,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -229,6 +292,8 @@ struct FusedAttention {
     dims: AttnDims,
     mask: KeyMask,
     scale: f32,
+    /// V is `[B, T_k, H_kv·D]` ([`attention_v_by_token`]) rather than `[B, H_kv, T_k, D]`.
+    v_by_token: bool,
 }
 
 /// A contiguous f32 CPU slice of a storage, or an error.
@@ -243,8 +308,28 @@ fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Resu
     }
 }
 
-fn tensor_vec(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.contiguous()?.flatten_all()?.to_vec1::<f32>()
+/// Elements per task when a buffer is zero-filled across the rayon pool.
+const ZERO_CHUNK: usize = 1 << 16;
+
+/// A zero-filled f32 buffer of `n` elements, filled across the rayon pool: the kernels' outputs
+/// and gradients are allocated on the calling thread (in the backward, the one thread that runs
+/// candle's bookkeeping), where a serial fill of every buffer adds up.
+fn zeroed_par(n: usize) -> Vec<f32> {
+    if n <= ZERO_CHUNK {
+        // One chunk: not worth a hand-over to the pool.
+        return vec![0f32; n];
+    }
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    v.spare_capacity_mut()
+        .par_chunks_mut(ZERO_CHUNK)
+        .for_each(|c| {
+            for x in c {
+                x.write(0.0);
+            }
+        });
+    // SAFETY: every one of the n elements was initialised just above.
+    unsafe { v.set_len(n) };
+    v
 }
 
 /// Runs `f` on the f32 CPU data of `t` (made contiguous first if it is not), without copying a
@@ -411,25 +496,16 @@ impl FusedAttention {
             }
             return;
         }
+        // Masked keys at −∞, then the same vectorised row softmax (its exp gives exactly 0
+        // there; every query sees at least itself): the scalar `expf` per score, here and in the
+        // backward's recomputation, was part of the ≈ 12 % of the train step's samples in `expf`.
         for (r, row) in p.chunks_exact_mut(nk).enumerate() {
-            let mut max = f32::NEG_INFINITY;
             for (j, s) in row.iter_mut().enumerate() {
-                *s = if self.mask.visible(b, i0 + r, j) {
-                    *s * self.scale
-                } else {
-                    f32::NEG_INFINITY
-                };
-                max = max.max(*s);
+                if !self.mask.visible(b, i0 + r, j) {
+                    *s = f32::NEG_INFINITY;
+                }
             }
-            let mut sum = 0f32;
-            for s in row.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            for s in row.iter_mut() {
-                *s *= inv;
-            }
+            crate::model::kernels_infer::softmax_scaled_in_place(row, self.scale);
         }
     }
 }
@@ -455,15 +531,14 @@ impl CustomOp3 for FusedAttention {
             cpu_slice(s3, l3, "attention v")?,
         );
         let n_rep = hq / hkv;
-        let mut out = vec![0f32; b * tq * hq * d];
-        // One task per (row, query head); it writes that head's slots of the [B, T_q, H_q, D]
-        // output, which no other task touches.
-        let heads: Vec<(usize, Vec<f32>)> = (0..b * hq)
+        // One task per (row, query head), into its own [T_q, D] block; the blocks are then
+        // interleaved into the [B, T_q, H_q, D] output one output row per task.
+        let heads: Vec<Vec<f32>> = (0..b * hq)
             .into_par_iter()
             .map(|bh| {
                 let (bi, h) = (bh / hq, bh % hq);
-                let kv = (bi * hkv + h / n_rep) * tk * d;
-                let (keys, values) = (&k[kv..kv + tk * d], &v[kv..kv + tk * d]);
+                let keys = &k[(bi * hkv + h / n_rep) * tk * d..][..tk * d];
+                let values = self.values(v, bi, h / n_rep);
                 let qh = &q[bh * tq * d..(bh + 1) * tq * d];
                 let mut o = vec![0f32; tq * d];
                 let mut p = vec![0f32; QUERY_BLOCK * tk];
@@ -478,19 +553,21 @@ impl CustomOp3 for FusedAttention {
                         d,
                         false,
                         Mat::rows(p, nk),
-                        Mat::rows(values, d),
+                        values,
                     );
                 }
-                (bh, o)
+                o
             })
             .collect();
-        for (bh, o) in heads {
-            let (bi, h) = (bh / hq, bh % hq);
-            for i in 0..tq {
-                let dst = ((bi * tq + i) * hq + h) * d;
-                out[dst..dst + d].copy_from_slice(&o[i * d..(i + 1) * d]);
-            }
-        }
+        let mut out = zeroed_par(b * tq * hq * d);
+        out.par_chunks_mut((hq * d).max(1))
+            .enumerate()
+            .for_each(|(bt, row)| {
+                let (bi, i) = (bt / tq, bt % tq);
+                for (h, dst) in row.chunks_exact_mut(d).enumerate() {
+                    dst.copy_from_slice(&heads[bi * hq + h][i * d..(i + 1) * d]);
+                }
+            });
         Ok((CpuStorage::F32(out), Shape::from((b, tq, hq * d))))
     }
 
@@ -508,85 +585,28 @@ impl CustomOp3 for FusedAttention {
         }
         let (b, hq, hkv, tq, tk, d) = self.dims.all();
         let n_rep = hq / hkv;
-        let (qv, kv, vv, g) = (
-            tensor_vec(q)?,
-            tensor_vec(k)?,
-            tensor_vec(v)?,
-            tensor_vec(grad)?,
-        );
-        // One task per (row, KV head): it owns dK and dV of that head and dQ of its query heads.
-        // Scores and probabilities are recomputed block by block, as in the forward.
-        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..b * hkv)
-            .into_par_iter()
-            .map(|bg| {
-                let (bi, gi) = (bg / hkv, bg % hkv);
-                let base = bg * tk * d;
-                let (keys, values) = (&kv[base..base + tk * d], &vv[base..base + tk * d]);
-                let mut dq = vec![0f32; n_rep * tq * d];
-                let mut dk = vec![0f32; tk * d];
-                let mut dv = vec![0f32; tk * d];
-                let mut p = vec![0f32; QUERY_BLOCK * tk];
-                let mut ds = vec![0f32; QUERY_BLOCK * tk];
-                for r in 0..n_rep {
-                    let h = gi * n_rep + r;
-                    let qh = &qv[(bi * hq + h) * tq * d..(bi * hq + h + 1) * tq * d];
-                    for i0 in (0..tq).step_by(QUERY_BLOCK) {
-                        let bq = QUERY_BLOCK.min(tq - i0);
-                        let nk = self.keys_for(i0, bq);
-                        let (p, ds) = (&mut p[..bq * nk], &mut ds[..bq * nk]);
-                        let q_blk = Mat::rows(&qh[i0 * d..], d);
-                        // dO of these queries: rows of the [B, T_q, H_q, D] gradient.
-                        let go = ((bi * tq + i0) * hq + h) * d;
-                        let g_blk = Mat::rows(&g[go..], hq * d);
-                        self.probs(bi, i0, q_blk, keys, nk, p);
-                        // dP = dO Vᵀ, then dS = P ⊙ (dP − Σ_j P dP) · scale.
-                        mm(
-                            (bq, nk, d),
-                            ds,
-                            nk,
-                            false,
-                            g_blk,
-                            Mat::transposed(values, d),
-                        );
-                        for (prow, srow) in p.chunks_exact(nk).zip(ds.chunks_exact_mut(nk)) {
-                            let delta: f32 = prow.iter().zip(srow.iter()).map(|(a, b)| a * b).sum();
-                            for (s, &pj) in srow.iter_mut().zip(prow) {
-                                *s = pj * (*s - delta) * self.scale;
-                            }
-                        }
-                        let dq_blk = &mut dq[(r * tq + i0) * d..];
-                        mm(
-                            (bq, d, nk),
-                            dq_blk,
-                            d,
-                            false,
-                            Mat::rows(ds, nk),
-                            Mat::rows(keys, d),
-                        );
-                        mm(
-                            (nk, d, bq),
-                            &mut dk,
-                            d,
-                            true,
-                            Mat::transposed(ds, nk),
-                            q_blk,
-                        );
-                        mm((nk, d, bq), &mut dv, d, true, Mat::transposed(p, nk), g_blk);
-                    }
-                }
-                (dq, dk, dv)
+        let mut dq = zeroed_par(b * hq * tq * d);
+        let mut dk = zeroed_par(b * hkv * tk * d);
+        // dV in the heads-first layout; scattered into v's own layout below when that differs.
+        let mut dv = zeroed_par(b * hkv * tk * d);
+        with_f32(q, |qv| {
+            with_f32(k, |kv| {
+                with_f32(v, |vv| {
+                    with_f32(grad, |g| {
+                        // One task per (row, KV head): it owns dK and dV of that head and dQ of its
+                        // query heads (consecutive: bi·hq + g·n_rep + r), all contiguous blocks.
+                        // Scores and probabilities are recomputed block by block, as in the forward.
+                        dq.par_chunks_mut((n_rep * tq * d).max(1))
+                            .zip(dk.par_chunks_mut((tk * d).max(1)))
+                            .zip(dv.par_chunks_mut((tk * d).max(1)))
+                            .enumerate()
+                            .for_each(|(bg, ((dq, dk), dv))| {
+                                self.backward_group(bg, (qv, kv, vv, g), (dq, dk, dv))
+                            })
+                    })
+                })
             })
-            .collect();
-        let mut dq = vec![0f32; b * hq * tq * d];
-        let mut dk = Vec::with_capacity(b * hkv * tk * d);
-        let mut dv = Vec::with_capacity(b * hkv * tk * d);
-        for (bg, (pq, pk, pv)) in parts.into_iter().enumerate() {
-            // Query heads of group g are consecutive: bi·hq + g·n_rep + r.
-            let start = bg * n_rep * tq * d;
-            dq[start..start + pq.len()].copy_from_slice(&pq);
-            dk.extend_from_slice(&pk);
-            dv.extend_from_slice(&pv);
-        }
+        })????;
         let dev = q.device();
         let gq = want_q
             .then(|| Tensor::from_vec(dq, (b, hq, tq, d), dev))
@@ -594,10 +614,93 @@ impl CustomOp3 for FusedAttention {
         let gk = want_k
             .then(|| Tensor::from_vec(dk, (b, hkv, tk, d), dev))
             .transpose()?;
-        let gv = want_v
-            .then(|| Tensor::from_vec(dv, (b, hkv, tk, d), dev))
-            .transpose()?;
+        let gv = if !want_v {
+            None
+        } else if self.v_by_token {
+            // [B, H_kv, T_k, D] blocks into [B, T_k, H_kv·D] rows, one row per task.
+            let mut rows = zeroed_par(b * tk * hkv * d);
+            rows.par_chunks_mut((hkv * d).max(1))
+                .enumerate()
+                .for_each(|(bt, row)| {
+                    let (bi, j) = (bt / tk, bt % tk);
+                    for (gi, dst) in row.chunks_exact_mut(d).enumerate() {
+                        let src = ((bi * hkv + gi) * tk + j) * d;
+                        dst.copy_from_slice(&dv[src..src + d]);
+                    }
+                });
+            Some(Tensor::from_vec(rows, v.shape(), dev)?)
+        } else {
+            Some(Tensor::from_vec(dv, (b, hkv, tk, d), dev)?)
+        };
         Ok((gq, gk, gv))
+    }
+}
+
+impl FusedAttention {
+    /// V of (row `bi`, KV head `g`) as a `[T_k, D]` matrix view of v's data, in either layout.
+    fn values<'a>(&self, v: &'a [f32], bi: usize, g: usize) -> Mat<'a> {
+        let (_, _, hkv, _, tk, d) = self.dims.all();
+        if self.v_by_token {
+            Mat::rows(&v[(bi * tk * hkv + g) * d..], hkv * d)
+        } else {
+            Mat::rows(&v[(bi * hkv + g) * tk * d..][..tk * d], d)
+        }
+    }
+
+    /// The backward of KV head group `bg` = (row, KV head): dQ of its query heads
+    /// (`[n_rep, T_q, D]`), its dK and dV (`[T_k, D]`, accumulated from zero).
+    #[allow(clippy::type_complexity)]
+    fn backward_group(
+        &self,
+        bg: usize,
+        (qv, kv, vv, g): (&[f32], &[f32], &[f32], &[f32]),
+        (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
+    ) {
+        let (_, hq, hkv, tq, tk, d) = self.dims.all();
+        let n_rep = hq / hkv;
+        let (bi, gi) = (bg / hkv, bg % hkv);
+        let keys = &kv[bg * tk * d..(bg + 1) * tk * d];
+        let values = self.values(vv, bi, gi);
+        let mut p = vec![0f32; QUERY_BLOCK * tk];
+        let mut ds = vec![0f32; QUERY_BLOCK * tk];
+        for r in 0..n_rep {
+            let h = gi * n_rep + r;
+            let qh = &qv[(bi * hq + h) * tq * d..(bi * hq + h + 1) * tq * d];
+            for i0 in (0..tq).step_by(QUERY_BLOCK) {
+                let bq = QUERY_BLOCK.min(tq - i0);
+                let nk = self.keys_for(i0, bq);
+                let (p, ds) = (&mut p[..bq * nk], &mut ds[..bq * nk]);
+                let q_blk = Mat::rows(&qh[i0 * d..], d);
+                // dO of these queries: rows of the [B, T_q, H_q, D] gradient.
+                let go = ((bi * tq + i0) * hq + h) * d;
+                let g_blk = Mat::rows(&g[go..], hq * d);
+                self.probs(bi, i0, q_blk, keys, nk, p);
+                // dP = dO Vᵀ, then dS = P ⊙ (dP − Σ_j P dP) · scale.
+                let values_t = Mat {
+                    data: values.data,
+                    rs: values.cs,
+                    cs: values.rs,
+                };
+                mm((bq, nk, d), ds, nk, false, g_blk, values_t);
+                for (prow, srow) in p.chunks_exact(nk).zip(ds.chunks_exact_mut(nk)) {
+                    let delta: f32 = prow.iter().zip(srow.iter()).map(|(a, b)| a * b).sum();
+                    for (s, &pj) in srow.iter_mut().zip(prow) {
+                        *s = pj * (*s - delta) * self.scale;
+                    }
+                }
+                let dq_blk = &mut dq[(r * tq + i0) * d..];
+                mm(
+                    (bq, d, nk),
+                    dq_blk,
+                    d,
+                    false,
+                    Mat::rows(ds, nk),
+                    Mat::rows(keys, d),
+                );
+                mm((nk, d, bq), dk, d, true, Mat::transposed(ds, nk), q_blk);
+                mm((nk, d, bq), dv, d, true, Mat::transposed(p, nk), g_blk);
+            }
+        }
     }
 }
 
@@ -643,6 +746,21 @@ impl FusedRmsNorm {
         let mean = dot(row, row) / row.len() as f32;
         1.0 / (mean + self.eps).sqrt()
     }
+
+    /// The input gradient of one row `x` with weight `w` and output gradient `g`:
+    /// `dx = r·(g⊙w) − x·r³·Σ(g⊙w⊙x)/n`.
+    #[inline]
+    fn backward_row(&self, x: &[f32], w: &[f32], g: &[f32], dx: &mut [f32]) {
+        let r = self.inv_rms(x);
+        let mut c = 0f32;
+        for ((&gi, &wi), &xi) in g.iter().zip(w).zip(x) {
+            c += gi * wi * xi;
+        }
+        let k = r * r * r * c / x.len() as f32;
+        for (((d, &gi), &wi), &xi) in dx.iter_mut().zip(g).zip(w).zip(x) {
+            *d = r * gi * wi - xi * k;
+        }
+    }
 }
 
 /// Rows per parallel task.
@@ -663,7 +781,7 @@ impl CustomOp2 for FusedRmsNorm {
         let x = cpu_slice(s1, l1, "rms_norm x")?;
         let w = cpu_slice(s2, l2, "rms_norm weight")?;
         let n = w.len();
-        let mut out = vec![0f32; x.len()];
+        let mut out = zeroed_par(x.len());
         out.par_chunks_mut(n * NORM_CHUNK_ROWS)
             .zip(x.par_chunks(n * NORM_CHUNK_ROWS))
             .for_each(|(o, xs)| {
@@ -688,49 +806,55 @@ impl CustomOp2 for FusedRmsNorm {
         if !(want_x || want_w) {
             return Ok((None, None));
         }
-        let (xv, wv, g) = (tensor_vec(x)?, tensor_vec(w)?, tensor_vec(grad)?);
-        let n = wv.len();
-        let mut dx = vec![0f32; xv.len()];
-        // dx = r·(g⊙w) − x·r³·Σ(g⊙w⊙x)/n ;  dw = Σ_rows g⊙x·r (per chunk, summed after).
-        let dws: Vec<Vec<f32>> = dx
-            .par_chunks_mut(n * NORM_CHUNK_ROWS)
-            .zip(xv.par_chunks(n * NORM_CHUNK_ROWS))
-            .zip(g.par_chunks(n * NORM_CHUNK_ROWS))
-            .map(|((dxs, xs), gs)| {
-                let mut dw = vec![0f32; if want_w { n } else { 0 }];
-                for ((dxrow, row), grow) in dxs
-                    .chunks_exact_mut(n)
-                    .zip(xs.chunks_exact(n))
-                    .zip(gs.chunks_exact(n))
-                {
-                    let r = self.inv_rms(row);
+        let n = w.elem_count();
+        let mut dx = if want_x {
+            zeroed_par(x.elem_count())
+        } else {
+            Vec::new()
+        };
+        // dx by rows (FusedRmsNorm::backward_row); dw = Σ_rows g⊙x·r, per chunk, summed after in
+        // chunk order.
+        let dws: Vec<Vec<f32>> = with_f32(x, |xv| {
+            with_f32(w, |wv| {
+                with_f32(grad, |g| {
+                    let rows = xv
+                        .par_chunks(n * NORM_CHUNK_ROWS)
+                        .zip(g.par_chunks(n * NORM_CHUNK_ROWS));
+                    let chunk = |(xs, gs): (&[f32], &[f32]), mut dxs: Option<&mut [f32]>| {
+                        let mut dw = vec![0f32; if want_w { n } else { 0 }];
+                        for (i, (row, grow)) in
+                            xs.chunks_exact(n).zip(gs.chunks_exact(n)).enumerate()
+                        {
+                            if let Some(dxs) = dxs.as_deref_mut() {
+                                self.backward_row(row, wv, grow, &mut dxs[i * n..(i + 1) * n]);
+                            }
+                            if want_w {
+                                let r = self.inv_rms(row);
+                                for ((d, &gi), &xi) in dw.iter_mut().zip(grow).zip(row) {
+                                    *d += gi * xi * r;
+                                }
+                            }
+                        }
+                        dw
+                    };
                     if want_x {
-                        let mut c = 0f32;
-                        for ((&gi, &wi), &xi) in grow.iter().zip(&wv).zip(row) {
-                            c += gi * wi * xi;
-                        }
-                        let k = r * r * r * c / n as f32;
-                        for (((d, &gi), &wi), &xi) in dxrow.iter_mut().zip(grow).zip(&wv).zip(row) {
-                            *d = r * gi * wi - xi * k;
-                        }
+                        rows.zip(dx.par_chunks_mut(n * NORM_CHUNK_ROWS))
+                            .map(|(xg, dxs)| chunk(xg, Some(dxs)))
+                            .collect()
+                    } else {
+                        rows.map(|xg| chunk(xg, None)).collect()
                     }
-                    if want_w {
-                        for ((d, &gi), &xi) in dw.iter_mut().zip(grow).zip(row) {
-                            *d += gi * xi * r;
-                        }
-                    }
-                }
-                dw
+                })
             })
-            .collect();
+        })???;
         let dev = x.device();
         let gx = want_x
             .then(|| Tensor::from_vec(dx, x.shape(), dev))
             .transpose()?;
         let gw = if want_w {
             let mut dw = vec![0f32; n];
-            for part in dws {
-                axpy(&mut dw, 1.0, &part);
+            for part in &dws {
+                axpy(&mut dw, 1.0, part);
             }
             Some(Tensor::from_vec(dw, n, dev)?)
         } else {
@@ -792,7 +916,7 @@ impl CustomOp2 for FusedSwiGlu {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let gate = cpu_slice(s1, l1, "swiglu gate")?;
         let up = cpu_slice(s2, l2, "swiglu up")?;
-        let mut out = vec![0f32; gate.len()];
+        let mut out = zeroed_par(gate.len());
         out.par_chunks_mut(ELEMENT_CHUNK)
             .zip(gate.par_chunks(ELEMENT_CHUNK))
             .zip(up.par_chunks(ELEMENT_CHUNK))
@@ -817,8 +941,8 @@ impl CustomOp2 for FusedSwiGlu {
         }
         let n = gate.elem_count();
         // d gate = dy·u·σ(g)·(1 + g·(1 − σ(g))) ;  d up = dy·g·σ(g).
-        let mut d_gate = vec![0f32; if want_gate { n } else { 0 }];
-        let mut d_up = vec![0f32; if want_up { n } else { 0 }];
+        let mut d_gate = zeroed_par(if want_gate { n } else { 0 });
+        let mut d_up = zeroed_par(if want_up { n } else { 0 });
         with_f32(gate, |g| {
             with_f32(up, |u| {
                 with_f32(grad, |dy| {
@@ -893,27 +1017,9 @@ pub fn rope_composite(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Re
 
 /// The fused RoPE on any device (errors off the CPU / f32): exposed for tests.
 pub fn rope_fused(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, t, h, d) = x.dims4()?;
-    let (bc, one, tc, dc) = cos.dims4()?;
-    if sin.dims() != cos.dims() || one != 1 || tc != t || dc != d || !(bc == 1 || bc == b) {
-        candle_core::bail!(
-            "rope: tables {:?} / {:?} for x {:?} (want [{b} or 1, 1, {t}, {d}])",
-            cos.shape(),
-            sin.shape(),
-            x.shape()
-        );
-    }
-    if !d.is_multiple_of(2) {
-        candle_core::bail!("rope: odd head size {d}");
-    }
-    x.contiguous()?.apply_op3(
-        &cos.contiguous()?,
-        &sin.contiguous()?,
-        FusedRope {
-            dims: (b, t, h, d),
-            table_rows: bc,
-        },
-    )
+    let op = FusedRope::checked(x.dims4()?, cos, sin, &format!("x {:?}", x.shape()))?;
+    x.contiguous()?
+        .apply_op3(&cos.contiguous()?, &sin.contiguous()?, op)
 }
 
 struct FusedRope {
@@ -924,6 +1030,31 @@ struct FusedRope {
 }
 
 impl FusedRope {
+    /// The op for x of dims (B, T, H, D) (named `what` in errors) and tables `cos`, `sin`
+    /// `[B or 1, 1, T, D]`.
+    fn checked(
+        (b, t, h, d): (usize, usize, usize, usize),
+        cos: &Tensor,
+        sin: &Tensor,
+        what: &str,
+    ) -> candle_core::Result<Self> {
+        let (bc, one, tc, dc) = cos.dims4()?;
+        if sin.dims() != cos.dims() || one != 1 || tc != t || dc != d || !(bc == 1 || bc == b) {
+            candle_core::bail!(
+                "rope: tables {:?} / {:?} for {what} (want [{b} or 1, 1, {t}, {d}])",
+                cos.shape(),
+                sin.shape(),
+            );
+        }
+        if !d.is_multiple_of(2) {
+            candle_core::bail!("rope: odd head size {d}");
+        }
+        Ok(Self {
+            dims: (b, t, h, d),
+            table_rows: bc,
+        })
+    }
+
     /// Offset of the (row, position) entry of the cos/sin tables.
     fn table(&self, bi: usize, ti: usize) -> usize {
         let (_, t, _, d) = self.dims;
@@ -950,7 +1081,7 @@ impl CustomOp3 for FusedRope {
         let cos = cpu_slice(s2, l2, "rope cos")?;
         let sin = cpu_slice(s3, l3, "rope sin")?;
         let half = d / 2;
-        let mut out = vec![0f32; x.len()];
+        let mut out = zeroed_par(x.len());
         // One task per (row, head): it writes that head's [T, D] block of the output.
         out.par_chunks_mut((t * d).max(1))
             .enumerate()
@@ -985,7 +1116,7 @@ impl CustomOp3 for FusedRope {
         }
         let (b, t, h, d) = self.dims;
         let half = d / 2;
-        let mut dx = vec![0f32; b * t * h * d];
+        let mut dx = zeroed_par(b * t * h * d);
         with_f32(cos, |cos| {
             with_f32(sin, |sin| {
                 with_f32(grad, |dy| {
@@ -1015,6 +1146,267 @@ impl CustomOp3 for FusedRope {
             None,
             None,
         ))
+    }
+}
+
+/// Qwen3's per-head query / key path in one op: the projection's output `x` `[B, T, H·D]` viewed
+/// as `[B, T, H, D]`, RMSNorm over each head's `D` values with `weight` `[D]`, then RoPE (tables as
+/// [`rope`]) into `[B, H, T, D]`. Instead of a reshape, [`rms_norm`] and [`rope`]: one graph node
+/// and one gradient hand-over where there were three. The weight and the tables are constants
+/// here: when the weight tracks a gradient the separate ops run. Fused on the CPU in f32 (the same
+/// products in the same order as the two fused kernels, so the same values bit for bit); elsewhere
+/// the composite ops.
+pub fn rms_norm_rope(
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+    cos: &Tensor,
+    sin: &Tensor,
+    heads: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, t, hd) = x.dims3()?;
+    if heads == 0 || !hd.is_multiple_of(heads) {
+        candle_core::bail!("rms_norm_rope: {hd} values per position for {heads} heads");
+    }
+    let x4 = || x.reshape((b, t, heads, hd / heads));
+    if !is_cpu_f32(&[x, weight, cos, sin]) {
+        return rope_composite(&rms_norm_composite(&x4()?, weight, eps)?, cos, sin);
+    }
+    if weight.track_op() {
+        return rope(&rms_norm(&x4()?, weight, eps)?, cos, sin);
+    }
+    rms_norm_rope_fused(x, weight, eps, cos, sin, heads)
+}
+
+/// The fused [`rms_norm_rope`] on any device (errors off the CPU / f32): exposed for tests.
+pub fn rms_norm_rope_fused(
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+    cos: &Tensor,
+    sin: &Tensor,
+    heads: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, t, hd) = x.dims3()?;
+    if heads == 0 || !hd.is_multiple_of(heads) {
+        candle_core::bail!("rms_norm_rope: {hd} values per position for {heads} heads");
+    }
+    let d = hd / heads;
+    if weight.dims() != [d] {
+        candle_core::bail!(
+            "rms_norm_rope: weight {:?} for heads of {d}",
+            weight.shape()
+        );
+    }
+    let rope = FusedRope::checked(
+        (b, t, heads, d),
+        cos,
+        sin,
+        &format!("x {:?} as {heads} heads", x.shape()),
+    )?;
+    x.contiguous()?.apply_op1(FusedNormRope {
+        norm: FusedRmsNorm { eps: eps as f32 },
+        weight: weight.detach().contiguous()?,
+        cos: cos.detach().contiguous()?,
+        sin: sin.detach().contiguous()?,
+        rope,
+    })
+}
+
+struct FusedNormRope {
+    norm: FusedRmsNorm,
+    /// `[D]`, constant.
+    weight: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    /// The shapes (x as `[B, T, H, D]`, table rows).
+    rope: FusedRope,
+}
+
+impl candle_core::CustomOp1 for FusedNormRope {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, t, h, d) = self.rope.dims;
+        let x = cpu_slice(s, l, "rms_norm_rope x")?;
+        let half = d / 2;
+        let mut out = zeroed_par(x.len());
+        with_f32(&self.weight, |w| {
+            with_f32(&self.cos, |cos| {
+                with_f32(&self.sin, |sin| {
+                    // One task per (row, head): it writes that head's [T, D] block of the output.
+                    out.par_chunks_mut((t * d).max(1))
+                        .enumerate()
+                        .for_each_init(
+                            || vec![0f32; d],
+                            |normed, (bh, o)| {
+                                let (bi, hi) = (bh / h, bh % h);
+                                for ti in 0..t {
+                                    let src = &x[((bi * t + ti) * h + hi) * d..][..d];
+                                    // As FusedRmsNorm's forward, then FusedRope's.
+                                    let r = self.norm.inv_rms(src);
+                                    for ((n, &x), &w) in normed.iter_mut().zip(src).zip(w) {
+                                        *n = x * r * w;
+                                    }
+                                    let tb = self.rope.table(bi, ti);
+                                    let (c, s) = (&cos[tb..tb + d], &sin[tb..tb + d]);
+                                    let dst = &mut o[ti * d..(ti + 1) * d];
+                                    for i in 0..half {
+                                        let (x1, x2) = (normed[i], normed[i + half]);
+                                        dst[i] = x1 * c[i] + (-x2) * s[i];
+                                        dst[i + half] = x2 * c[i + half] + x1 * s[i + half];
+                                    }
+                                }
+                            },
+                        )
+                })
+            })
+        })???;
+        Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if !x.track_op() {
+            return Ok(None);
+        }
+        let (_, t, h, d) = self.rope.dims;
+        let half = d / 2;
+        let mut dx = zeroed_par(x.elem_count());
+        with_f32(x, |xv| {
+            with_f32(&self.weight, |w| {
+                with_f32(&self.cos, |cos| {
+                    with_f32(&self.sin, |sin| {
+                        with_f32(grad, |dy| {
+                            // One task per (row, position): RoPE's transposed rotation back into
+                            // x's layout, then RMSNorm's backward, head by head.
+                            dx.par_chunks_mut((h * d).max(1)).enumerate().for_each_init(
+                                || vec![0f32; d],
+                                |gn, (bt, o)| {
+                                    let (bi, ti) = (bt / t, bt % t);
+                                    let tb = self.rope.table(bi, ti);
+                                    let (c, s) = (&cos[tb..tb + d], &sin[tb..tb + d]);
+                                    for hi in 0..h {
+                                        let g = &dy[((bi * h + hi) * t + ti) * d..][..d];
+                                        for i in 0..half {
+                                            let (g1, g2) = (g[i], g[i + half]);
+                                            gn[i] = g1 * c[i] + g2 * s[i + half];
+                                            gn[i + half] = g2 * c[i + half] - g1 * s[i];
+                                        }
+                                        let row = &xv[(bt * h + hi) * d..][..d];
+                                        let dst = &mut o[hi * d..(hi + 1) * d];
+                                        self.norm.backward_row(row, w, gn, dst);
+                                    }
+                                },
+                            )
+                        })
+                    })
+                })
+            })
+        })?????;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+/// `silu(x·W_gateᵀ) ⊙ (x·W_upᵀ)`, the gated input of a SwiGLU MLP's down projection, with frozen
+/// `[I, in]` weights, over the last axis of `x`. One op instead of two projections and
+/// [`swiglu`]: `x` gets one gradient (`d_gate·W_gate + d_up·W_up`, accumulated in the gemm) where
+/// the graph had two projections' and the gating's (each a zero-filled `[rows, I]` buffer and a
+/// sum in candle's backward). The op keeps the gate and up projections from its forward for the
+/// backward (as the separate ops' graph kept them). Fused on the CPU in f32; elsewhere
+/// [`linear`] twice and [`swiglu`]. Adapters on the gate or up projection need the separate ops.
+pub fn swiglu_mlp_input(x: &Tensor, w_gate: &Tensor, w_up: &Tensor) -> candle_core::Result<Tensor> {
+    if is_cpu_f32(&[x, w_gate, w_up]) {
+        swiglu_mlp_input_fused(x, w_gate, w_up)
+    } else {
+        swiglu(&linear(x, w_gate)?, &linear(x, w_up)?)
+    }
+}
+
+/// The fused [`swiglu_mlp_input`] on any device (errors off the CPU / f32): exposed for tests.
+pub fn swiglu_mlp_input_fused(
+    x: &Tensor,
+    w_gate: &Tensor,
+    w_up: &Tensor,
+) -> candle_core::Result<Tensor> {
+    if w_gate.shape() != w_up.shape() {
+        candle_core::bail!(
+            "swiglu_mlp_input: gate {:?} and up {:?} weights differ",
+            w_gate.shape(),
+            w_up.shape()
+        );
+    }
+    let gate = FusedLinear::new(x, w_gate, None)?;
+    let up = FusedLinear::new(x, w_up, None)?;
+    x.contiguous()?.apply_op1(FusedSwiGluInput {
+        gate,
+        up,
+        keep: x.track_op(),
+        kept: std::sync::OnceLock::new(),
+    })
+}
+
+struct FusedSwiGluInput {
+    gate: FusedLinear,
+    up: FusedLinear,
+    /// Keep the projections for a backward (x tracks a gradient).
+    keep: bool,
+    /// `x·W_gateᵀ` and `x·W_upᵀ` from the forward.
+    kept: std::sync::OnceLock<(Vec<f32>, Vec<f32>)>,
+}
+
+impl candle_core::CustomOp1 for FusedSwiGluInput {
+    fn name(&self) -> &'static str {
+        "fused-swiglu-mlp-input"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s, l, "swiglu_mlp_input x")?;
+        let (gate, up) = (self.gate.project(x)?, self.up.project(x)?);
+        let mut out = zeroed_par(gate.len());
+        out.par_chunks_mut(ELEMENT_CHUNK)
+            .zip(gate.par_chunks(ELEMENT_CHUNK))
+            .zip(up.par_chunks(ELEMENT_CHUNK))
+            .for_each(|((o, g), u)| {
+                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                    *o = g * sigmoid(g) * u;
+                }
+            });
+        if self.keep && self.kept.set((gate, up)).is_err() {
+            candle_core::bail!("swiglu_mlp_input: the op ran twice");
+        }
+        Ok((CpuStorage::F32(out), self.gate.out_shape(l)))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if !x.track_op() {
+            return Ok(None);
+        }
+        let Some((gate, up)) = self.kept.get() else {
+            candle_core::bail!("swiglu_mlp_input: backward without the forward's projections");
+        };
+        let n = gate.len();
+        let (mut d_gate, mut d_up) = (zeroed_par(n), zeroed_par(n));
+        with_f32(grad, |dy| {
+            gate.par_chunks(ELEMENT_CHUNK)
+                .zip(up.par_chunks(ELEMENT_CHUNK))
+                .zip(dy.par_chunks(ELEMENT_CHUNK))
+                .zip(d_gate.par_chunks_mut(ELEMENT_CHUNK))
+                .zip(d_up.par_chunks_mut(ELEMENT_CHUNK))
+                .for_each(|((((g, u), dy), dg), du)| {
+                    // As FusedSwiGlu's backward.
+                    for i in 0..g.len() {
+                        let s = sigmoid(g[i]);
+                        dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+                        du[i] = dy[i] * g[i] * s;
+                    }
+                })
+        })?;
+        let mut dx = self.gate.back_project(&d_gate)?;
+        drop(d_gate);
+        self.up.back_project_into(&d_up, &mut dx)?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
 
@@ -1105,7 +1497,7 @@ impl candle_core::CustomOp1 for FusedCrossEntropy {
         }
         let v = self.classes;
         let scale = grad.to_dtype(DType::F32)?.to_scalar::<f32>()? / self.targets.len() as f32;
-        let mut d = vec![0f32; logits.elem_count()];
+        let mut d = zeroed_par(logits.elem_count());
         with_f32(logits, |x| {
             d.par_chunks_mut(v * CE_CHUNK_ROWS)
                 .zip(x.par_chunks(v * CE_CHUNK_ROWS))
@@ -1244,7 +1636,7 @@ impl FusedLinear {
     /// `x·Wᵀ` into a new `[rows, out]` buffer.
     fn project(&self, x: &[f32]) -> candle_core::Result<Vec<f32>> {
         let (rows, in_f, out_f) = self.dims;
-        let mut y = vec![0f32; rows * out_f];
+        let mut y = zeroed_par(rows * out_f);
         with_f32(&self.weight, |w| {
             mm_par(
                 (rows, out_f, in_f),
@@ -1278,19 +1670,34 @@ impl FusedLinear {
 
     /// `g·W` (`[rows, in]`), the input's gradient through the frozen weight.
     fn back_project(&self, g: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let (rows, in_f, _) = self.dims;
+        let mut dx = zeroed_par(rows * in_f);
+        self.back_project_with(g, &mut dx, false)?;
+        Ok(dx)
+    }
+
+    /// `dx += g·W`.
+    fn back_project_into(&self, g: &[f32], dx: &mut [f32]) -> candle_core::Result<()> {
+        self.back_project_with(g, dx, true)
+    }
+
+    fn back_project_with(
+        &self,
+        g: &[f32],
+        dx: &mut [f32],
+        accumulate: bool,
+    ) -> candle_core::Result<()> {
         let (rows, in_f, out_f) = self.dims;
-        let mut dx = vec![0f32; rows * in_f];
         with_f32(&self.weight, |w| {
             mm_par(
                 (rows, in_f, out_f),
-                &mut dx,
+                dx,
                 in_f,
-                false,
+                accumulate,
                 Mat::rows(g, out_f),
                 Mat::rows(w, in_f),
             )
-        })?;
-        Ok(dx)
+        })
     }
 }
 

@@ -377,6 +377,29 @@ impl Attention {
         let mode = pass.mode;
         let (b, t, _) = x.dims3()?;
         let d = self.head_dim;
+        if mode.fused && cache.is_none() && pass.bias.is_none() {
+            // The fused path's fewer graph nodes: the projections' [B, T, H·D] outputs go
+            // straight into the norm + RoPE op (q, k) and the attention (v), no reshape,
+            // transpose or copy between them.
+            let norm_rope = |proj: &Projection, norm: &RmsNorm, n: usize| -> Result<Tensor> {
+                let (cos, sin) = (&pass.rope.cos, &pass.rope.sin);
+                let y = proj.forward(x, mode)?;
+                Ok(kernels::rms_norm_rope(
+                    &y,
+                    &norm.weight,
+                    norm.eps,
+                    cos,
+                    sin,
+                    n,
+                )?)
+            };
+            let q = norm_rope(&self.q_proj, &self.q_norm, self.num_heads)?;
+            let k = norm_rope(&self.k_proj, &self.k_norm, self.num_kv_heads)?;
+            let v = self.v_proj.forward(x, mode)?;
+            let scale = (d as f64).powf(-0.5);
+            let out = kernels::attention_v_by_token(&q, &k, &v, &pass.mask, scale)?;
+            return self.o_proj.forward(&out, mode);
+        }
         let heads = |proj: &Projection, n: usize| -> Result<Tensor> {
             Ok(proj.forward(x, mode)?.reshape((b, t, n, d))?)
         };
@@ -427,6 +450,16 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if mode.fused
+            && mode.sparing
+            && mode.bf16_kernel
+            && self.gate_proj.lora.is_none()
+            && self.up_proj.lora.is_none()
+        {
+            // Both frozen projections and the gating as one op (one gradient for x).
+            let gated = kernels::swiglu_mlp_input(x, &self.gate_proj.weight, &self.up_proj.weight)?;
+            return self.down_proj.forward(&gated, mode);
+        }
         let gate = self.gate_proj.forward(x, mode)?;
         let up = self.up_proj.forward(x, mode)?;
         let gated = if mode.fused {
