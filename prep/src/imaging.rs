@@ -356,8 +356,11 @@ mod tests {
         std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 
-    /// (fixture stem, picture size, Pillow draft requests) as in tools/parity/pillow_jpeg.py.
-    const PILLOW_JPEG_CASES: [(&str, (u32, u32), &[(u32, u32)]); 2] = [
+    /// A fixture stem, its picture's size and the sizes asked of Pillow's draft mode.
+    type PillowJpegCase = (&'static str, (u32, u32), &'static [(u32, u32)]);
+
+    /// The cases of tools/parity/pillow_jpeg.py.
+    const PILLOW_JPEG_CASES: [PillowJpegCase; 2] = [
         (
             "picture_203x151",
             (203, 151),
