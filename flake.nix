@@ -62,9 +62,13 @@
           version = cargoToml.workspace.package.version;
           src = lib.cleanSource ./.;
           cargoLock.lockFile = ./Cargo.lock;
-          # tokenizers' onig needs a C compiler (stdenv has one); cuda needs nvcc and the driver API at link time.
-          nativeBuildInputs = [ pkgs.pkg-config ]
+          # tokenizers' onig needs a C compiler (stdenv has one); turbojpeg-sys builds libjpeg-turbo
+          # from its bundled source with cmake and nasm (its SIMD); cuda needs nvcc and the driver
+          # API at link time.
+          nativeBuildInputs = [ pkgs.pkg-config pkgs.cmake pkgs.nasm ]
             ++ lib.optionals cuda [ pkgs.cudaPackages.cuda_nvcc ];
+          # cmake is for turbojpeg-sys's build script only: not cmake's configure phase of the workspace.
+          dontUseCmakeConfigure = true;
           # nccl: the cuda feature turns on candle-core/nccl (data-parallel all-reduce).
           buildInputs = lib.optionals cuda [ pkgs.cudaPackages.cuda_cudart pkgs.cudaPackages.libcublas pkgs.cudaPackages.libcurand pkgs.cudaPackages.nccl ];
           buildFeatures = lib.optionals cuda [ "roomplan-trainer/cuda" ];
@@ -101,7 +105,7 @@
         let pkgs = cpuPkgs system; tc = toolchain pkgs;
         in {
           default = pkgs.mkShell {
-            packages = [ tc.rustc tc.cargo tc.clippy tc.rustfmt pkgs.cargo-nextest pkgs.pkg-config
+            packages = [ tc.rustc tc.cargo tc.clippy tc.rustfmt pkgs.cargo-nextest pkgs.pkg-config pkgs.cmake pkgs.nasm
                          (pkgs.python3.withPackages (ps: [ ps.pyarrow ])) ];
           };
         });

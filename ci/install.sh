@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Everything the test run needs beyond the machine's Rust toolchain, installed idempotently:
 # pyarrow (an independent Arrow reader for the interop check), duckdb and PyYAML (the Parquet export's
-# read-back), pycocoevalcap (its METEOR 1.5 jar and paraphrase table) with Java to run it, and Nix
-# (to evaluate flake.nix).
+# read-back), pycocoevalcap (its METEOR 1.5 jar and paraphrase table) with Java to run it, cmake and nasm
+# (libjpeg-turbo's build, through turbojpeg-sys), and Nix (to evaluate flake.nix).
 set -euo pipefail
 if ! python3 -c 'import pyarrow, duckdb, yaml, pycocoevalcap' 2>/dev/null; then
   echo "installing pyarrow, duckdb, pyyaml, pycocoevalcap (pip)"
@@ -13,6 +13,13 @@ if ! command -v java >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq default-jre-headless >/dev/null
+fi
+if ! command -v cmake >/dev/null 2>&1 || ! command -v nasm >/dev/null 2>&1; then
+  # turbojpeg-sys builds libjpeg-turbo (prep's JPEG codec) from source with cmake, and its SIMD with nasm.
+  echo "installing cmake, nasm (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq cmake nasm >/dev/null
 fi
 if ! command -v nix >/dev/null 2>&1 || ! command -v nix-instantiate >/dev/null 2>&1; then
   echo "installing nix-bin (apt)"

@@ -15,7 +15,7 @@ in rec {
   rustc = drv "rustc-${pin.rustc}" { version = pin.rustc; };
   cargo = drv "cargo-${pin.rustc}" { version = pin.rustc; };
   clippy = tool "clippy"; rustfmt = tool "rustfmt"; cargo-nextest = tool "cargo-nextest";
-  pkg-config = tool "pkg-config";
+  pkg-config = tool "pkg-config"; cmake = tool "cmake"; nasm = tool "nasm";
   python3 = { withPackages = f: drv "python3-env" { packages = f { pyarrow = tool "pyarrow"; }; }; };
   cudaPackages = {
     cuda_nvcc = unfree "cuda_nvcc"; cuda_cudart = unfree "cuda_cudart";

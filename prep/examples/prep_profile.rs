@@ -1,6 +1,8 @@
 //! Where a prepared view's time goes: times each stage of `prep-scanqa`'s per-view work on the
 //! frames of one `.sens`, on this process's CPU clock (getrusage), with the alternatives weighed in
-//! issue 11 side by side. Method and figures: BENCHMARKS.md, "prep throughput".
+//! issue 11 side by side (what prep runs now: libjpeg-turbo's DCT-scaled decode, the resize from
+//! there and libjpeg-turbo's encode). Run with `JSIMD_FORCENONE=1` to time libjpeg-turbo's portable
+//! C path. Method and figures: BENCHMARKS.md, "prep throughput".
 //!
 //! usage: cargo run --release -p roomplan-prep --example prep_profile -- SCENE.sens [FRAMES]
 
@@ -8,7 +10,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use roomplan_prep::geometry::{depth_histogram, DepthBins, DepthMap, SizeRule};
-use roomplan_prep::imaging::{decode_jpeg_full, encode_jpeg, resize_rgb};
+use roomplan_prep::imaging::{decode_jpeg, draft_denominator, encode_jpeg, resize_rgb};
 use roomplan_prep::scannet::SensReader;
 use sha2::{Digest, Sha256};
 
@@ -19,6 +21,19 @@ fn cpu_s() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 * 1e-6;
     t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// zune-jpeg's full decode to RGB (prep's decoder before libjpeg-turbo), on its SIMD path or not.
+fn zune_decode(bytes: &[u8], simd: bool) -> Vec<u8> {
+    use zune_jpeg::zune_core::{
+        bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions,
+    };
+    let options = DecoderOptions::new_safe()
+        .set_use_unsafe(simd)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options)
+        .decode()
+        .unwrap()
 }
 
 fn time<T>(label: &str, n: usize, mut f: impl FnMut() -> T) -> T {
@@ -68,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         .map(|&i| reader.color_bytes(i))
         .collect::<Result<_, _>>()?;
     let mut it = jpegs.iter().cycle();
-    let full = decode_jpeg_full(&jpegs[0], true)?;
+    let full = decode_jpeg(&jpegs[0], 1)?;
     let (w, h) = full.dimensions();
     let plan = SizeRule::default().plan(w, h);
     let roomplan_prep::geometry::ImageOp::Resize {
@@ -93,12 +108,22 @@ fn main() -> anyhow::Result<()> {
                 .into_rgb8()
         },
     );
-    time("decode: zune-jpeg SIMD path, full size", reps, || {
-        decode_jpeg_full(it.next().unwrap(), true).unwrap()
+    for (label, simd) in [("SIMD", true), ("scalar", false)] {
+        time(
+            &format!("decode: zune-jpeg {label} path, full size"),
+            reps,
+            || zune_decode(it.next().unwrap(), simd),
+        );
+    }
+    time("decode: libjpeg-turbo, full size", reps, || {
+        decode_jpeg(it.next().unwrap(), 1).unwrap()
     });
-    time("decode: zune-jpeg scalar path, full size", reps, || {
-        decode_jpeg_full(it.next().unwrap(), false).unwrap()
-    });
+    let denominator = draft_denominator(w, h, tw, th);
+    let scaled = time(
+        &format!("decode: libjpeg-turbo, DCT-scaled 1/{denominator} (Pillow's draft)"),
+        reps,
+        || decode_jpeg(it.next().unwrap(), denominator).unwrap(),
+    );
     time(
         "resize: image crate CatmullRom, full → target",
         reps,
@@ -108,6 +133,15 @@ fn main() -> anyhow::Result<()> {
         "resize: fast_image_resize CatmullRom, full → target",
         reps,
         || resize_rgb(&full, tw, th).unwrap(),
+    );
+    time(
+        &format!(
+            "resize: fast_image_resize CatmullRom, {}×{} → target",
+            scaled.width(),
+            scaled.height()
+        ),
+        reps,
+        || resize_rgb(&scaled, tw, th).unwrap(),
     );
     // (DCT-scaled decoding through jpeg-decoder's `Decoder::scale` was measured here too and not
     // kept: BENCHMARKS.md, "Prep throughput".)
@@ -122,6 +156,16 @@ fn main() -> anyhow::Result<()> {
         out
     });
     time("encode: jpeg-encoder q90 4:2:0 (scalar)", reps, || {
+        let mut out = Vec::new();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut out, 90);
+        encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
+        let (w, h) = (small.width() as u16, small.height() as u16);
+        encoder
+            .encode(small.as_raw(), w, h, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        out
+    });
+    time("encode: libjpeg-turbo q90 4:2:0", reps, || {
         encode_jpeg(&small, 90).unwrap()
     });
     let mut k = 0;

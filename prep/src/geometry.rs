@@ -549,6 +549,16 @@ pub enum ImageOpError {
     },
     #[error("the resampler failed: {0}")]
     Resampler(String),
+    #[error(
+        "pixels decoded at {reduced_width}×{reduced_height} are not an exact 1/n reduction of the \
+         {image_width}×{image_height} image followed by a resize"
+    )]
+    NotAReduction {
+        reduced_width: u32,
+        reduced_height: u32,
+        image_width: u32,
+        image_height: u32,
+    },
     #[error("cannot resize a {image_width}×{image_height} image to {width}×{height}")]
     EmptyResize {
         width: u32,
@@ -705,6 +715,43 @@ impl CameraImage {
 
     pub fn apply_all(self, ops: &[ImageOp]) -> Result<CameraImage, ImageOpError> {
         ops.iter().try_fold(self, |img, op| img.apply(op))
+    }
+
+    /// `CameraImage::new(full, k).apply_all(ops)` where `full` (`full_size`, intrinsics `k`) was
+    /// decoded straight to `reduced`, 1/n of its size on both sides (libjpeg's DCT-scaled decoding,
+    /// [`crate::imaging::decode_jpeg_for_resize`]), and `ops` start with a resize. A 1/n reduction
+    /// maps pixel centres as a resize to 1/n does (`x' = x/n + (1/n − 1)/2`), and composed with
+    /// the resize from 1/n size it is exactly the resize from full size; so K and the pose are
+    /// computed from the full size (the same numbers as without the reduction) and only the pixels
+    /// come from `reduced`. Without a reduction this is `apply_all`.
+    pub fn apply_all_from_reduced(
+        reduced: RgbImage,
+        full_size: (u32, u32),
+        k: Mat3,
+        ops: &[ImageOp],
+    ) -> Result<CameraImage, ImageOpError> {
+        let (rw, rh) = reduced.dimensions();
+        let (fw, fh) = full_size;
+        if (rw, rh) == full_size {
+            return CameraImage::new(reduced, k).apply_all(ops);
+        }
+        let exact = rw > 0 && rh > 0 && fw % rw == 0 && fh % rh == 0 && fw / rw == fh / rh;
+        let (Some(first @ ImageOp::Resize { .. }), true) = (ops.first(), exact) else {
+            return Err(ImageOpError::NotAReduction {
+                reduced_width: rw,
+                reduced_height: rh,
+                image_width: fw,
+                image_height: fh,
+            });
+        };
+        let map = first.pixel_map(fw, fh)?;
+        let image = first.apply_pixels(&reduced)?;
+        let resized = CameraImage {
+            image,
+            k: mat3_mul(&mat3_mul(&map.pixel, &k), &mat3_transpose(&map.camera)),
+            camera_from_original: map.camera,
+        };
+        resized.apply_all(&ops[1..])
     }
 
     /// The camera-to-world pose of the current image from the original camera's.

@@ -1,21 +1,35 @@
-//! The pixel work of stored views: JPEG decoding, the bicubic resampler and the JPEG encoder.
-//! Each one gives the same bytes on every CPU (issue 11):
+//! The pixel work of stored views: JPEG decoding (at full size or DCT-scaled), the bicubic
+//! resampler and the JPEG encoder. Each one gives the same bytes on every CPU (issue 11), and the
+//! codec is the one Pillow bundles, with Pillow's settings, so that a view's bytes are what a Python
+//! pipeline on Pillow (VGGT's preprocessing) would make:
 //!
-//! - decoding: `zune-jpeg`. It picks SIMD at run time (AVX2 on x86-64); its SIMD IDCT and colour
-//!   conversion are integer ports of its scalar ones, and `tests::zune_paths_give_the_same_bytes`
-//!   compares the two paths on the running CPU;
+//! - decoding and encoding: libjpeg-turbo (the `turbojpeg` crate, built from its bundled 3.1
+//!   source; Pillow 13 bundles 3.2), accurate integer DCT, smooth chroma upsampling, baseline
+//!   4:2:0 with standard Huffman tables — libjpeg's and Pillow's defaults. A view is decoded at the
+//!   DCT scale Pillow's draft mode picks for its target size ([`draft_denominator`], 1/2 for
+//!   ScanNet's 1296×968 → 518 or 392 wide; [`decode_jpeg_for_resize`]), then resized the rest of
+//!   the way. Our decodes (full and draft) and our q90 encode equal Pillow 13's bytes
+//!   (`tests::turbo_decoding_gives_pillows_bytes_full_and_draft`,
+//!   `tests::turbo_encoding_gives_pillows_bytes`, fixtures from `tools/parity/pillow_jpeg.py`).
+//!   libjpeg-turbo picks SIMD at run time (SSE2/AVX2, NEON); its SIMD DCTs, colour conversion,
+//!   up- and downsampling, quantisation and Huffman coding are bit-exact with its C code, which
+//!   `tests::turbo_simd_and_portable_paths_give_the_same_bytes` checks by rerunning itself with
+//!   `JSIMD_FORCENONE=1` (portable C) and `JSIMD_FORCESSE2=1` (the env vars are read once per
+//!   thread in `simd/*/jsimd.c`, so the forced runs are child processes). All of it is integer
+//!   arithmetic, so the C compiler's optimisation level cannot change a byte either;
 //! - resizing: `fast_image_resize`'s convolution with the Catmull-Rom kernel (Pillow's BICUBIC,
 //!   a = −0.5, in Pillow's fixed-point arithmetic), one axis at a time in Pillow's order, so the
 //!   bytes are Pillow's (`tests::resize_matches_pillow_bicubic_on_noise`, against Pillow 13 output
 //!   in `tests/fixtures/pillow_bicubic`). It picks SIMD at run time (SSE4.1, AVX2, NEON);
 //!   `tests::every_resize_path_gives_the_same_bytes` compares every path the running CPU has with
-//!   the portable one;
-//! - encoding: `jpeg-encoder` without its `simd` feature (no AVX2 path), baseline, 4:2:0.
+//!   the portable one.
 //!
-//! Weighed and not kept: DCT-scaled decoding (libjpeg's, Pillow's draft mode) through
-//! `jpeg-decoder`'s `Decoder::scale`. Its 1/2-scale decode of a 1296×968 frame took 7.3 ms CPU
-//! against 2.7 ms for zune-jpeg's full decode, and resizing from full size costs only 0.3 ms more
-//! (BENCHMARKS.md, "Prep throughput"); it also starts a thread per colour component per image.
+//! Weighed (CPU per 1296×968 frame of the synthetic set, `examples/prep_profile.rs`, BENCHMARKS.md
+//! "Prep throughput"): libjpeg-turbo's 1/2 DCT-scaled decode ≈ 1.5 ms against ≈ 2.5 ms for
+//! `zune-jpeg`'s full decode (the decoder until 2026-12-02; libjpeg-turbo's own full decode ≈ 3 ms),
+//! and the resize from 648×484 costs ≈ 0.8 ms against ≈ 1.4 ms from full size; libjpeg-turbo's q90
+//! encode of a 518×392 view ≈ 0.5 ms against ≈ 2.2 ms for `jpeg-encoder` (scalar). `jpeg-decoder`'s
+//! DCT-scaled decode (7.3 ms) was weighed earlier and not kept.
 
 use fast_image_resize::{
     self as fir, CpuExtensions, FilterType, PixelType, ResizeAlg, ResizeOptions,
@@ -93,57 +107,113 @@ pub fn resize_rgb_on(
     RgbImage::from_raw(width, height, bytes).ok_or_else(|| err("short output buffer".to_string()))
 }
 
-/// Encodes an RGB image as a baseline JPEG (4:2:0); the same pixels always give the same bytes.
-pub fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, ImagingError> {
-    let (width, height) = image.dimensions();
-    let err = |reason: String| ImagingError::Encode {
-        width,
-        height,
-        reason,
-    };
-    let (w, h) = (
-        u16::try_from(width).map_err(|_| err("wider than 65535".into()))?,
-        u16::try_from(height).map_err(|_| err("taller than 65535".into()))?,
-    );
-    let mut out = Vec::new();
-    let mut encoder = jpeg_encoder::Encoder::new(&mut out, quality);
-    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
-    encoder
-        .encode(image.as_raw(), w, h, jpeg_encoder::ColorType::Rgb)
-        .map_err(|e| err(e.to_string()))?;
-    Ok(out)
+/// The DCT scale Pillow's `Image.draft` picks for a `width × height` JPEG that is to become at
+/// least `target_width × target_height`: the largest of 1/8, 1/4, 1/2 and 1 whose reduction keeps
+/// both sides at least the target (`min(width // target_width, height // target_height)`, rounded
+/// down to a power of two at most 8). Returns the denominator.
+pub fn draft_denominator(width: u32, height: u32, target_width: u32, target_height: u32) -> u32 {
+    let ratio = (width / target_width.max(1)).min(height / target_height.max(1));
+    [8, 4, 2, 1].into_iter().find(|&d| ratio >= d).unwrap_or(1)
 }
 
-/// Decodes a JPEG as RGB at full size with `zune-jpeg`: on its SIMD path (AVX2 on x86-64) when
-/// `simd`, else on its portable scalar path. Its SIMD IDCT and colour conversion are integer ports
-/// of the scalar ones (`tests::zune_paths_give_the_same_bytes` compares them here).
-pub fn decode_jpeg_full(bytes: &[u8], simd: bool) -> Result<RgbImage, ImagingError> {
-    use zune_jpeg::zune_core::{
-        bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions,
+/// A JPEG's size from its header, without decoding it.
+pub fn jpeg_size(bytes: &[u8]) -> Result<(u32, u32), ImagingError> {
+    let header = turbojpeg::read_header(bytes).map_err(|e| ImagingError::Decode(e.to_string()))?;
+    Ok((header.width as u32, header.height as u32))
+}
+
+/// Decodes a JPEG as RGB with libjpeg-turbo, reduced by 1/`denominator` (1, 2, 4 or 8) inside its
+/// inverse DCT as Pillow's draft mode does: each side becomes ⌈side / denominator⌉. Accurate
+/// integer IDCT and smooth ("fancy") chroma upsampling, libjpeg's defaults and Pillow's.
+pub fn decode_jpeg(bytes: &[u8], denominator: u32) -> Result<RgbImage, ImagingError> {
+    let err = |e: turbojpeg::Error| ImagingError::Decode(e.to_string());
+    let mut decompressor = turbojpeg::Decompressor::new().map_err(err)?;
+    let factor = turbojpeg::ScalingFactor::new(1, denominator as usize);
+    decompressor.set_scaling_factor(factor).map_err(err)?;
+    let header = decompressor.read_header(bytes).map_err(err)?.scaled(factor);
+    let (width, height) = (header.width, header.height);
+    let mut pixels = vec![0u8; width * height * 3];
+    let image = turbojpeg::Image {
+        pixels: pixels.as_mut_slice(),
+        width,
+        pitch: width * 3,
+        height,
+        format: turbojpeg::PixelFormat::RGB,
     };
-    let options = DecoderOptions::new_safe()
-        .set_use_unsafe(simd)
-        .jpeg_set_out_colorspace(ColorSpace::RGB);
-    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    let pixels = decoder
-        .decode()
-        .map_err(|e| ImagingError::Decode(format!("{e:?}")))?;
-    let info = decoder
-        .info()
-        .ok_or_else(|| ImagingError::Decode("no frame header".to_string()))?;
-    let (width, height) = (info.width as u32, info.height as u32);
-    RgbImage::from_raw(width, height, pixels).ok_or_else(|| {
-        ImagingError::Decode(format!(
-            "the decoder gave too few pixels for {width}×{height}"
-        ))
+    decompressor.decompress(bytes, image).map_err(err)?;
+    RgbImage::from_raw(width as u32, height as u32, pixels)
+        .ok_or_else(|| ImagingError::Decode("short output buffer".to_string()))
+}
+
+/// A JPEG decoded for a resize, and the size its header gives.
+pub struct DecodedForResize {
+    /// The pixels, `full_size` reduced by 1/`denominator` on both sides.
+    pub image: RgbImage,
+    pub full_size: (u32, u32),
+    pub denominator: u32,
+}
+
+/// Decodes a JPEG that is to be resized to `target_width × target_height` (a downscale by a
+/// factor of at least 2 on both sides is what makes a reduction possible): at the DCT scale
+/// Pillow's draft mode picks ([`draft_denominator`]), lowered to one that divides both sides
+/// exactly, so that the reduced pixel grid is exactly the full one scaled (Pillow would also
+/// reduce a 1297-pixel side to ⌈1297/2⌉; ScanNet's 1296×968 divides). The caller resizes the
+/// rest of the way (`geometry::CameraImage::apply_all_from_reduced`).
+pub fn decode_jpeg_for_resize(
+    bytes: &[u8],
+    target_width: u32,
+    target_height: u32,
+) -> Result<DecodedForResize, ImagingError> {
+    let (width, height) = jpeg_size(bytes)?;
+    let mut denominator = draft_denominator(width, height, target_width, target_height);
+    while width % denominator != 0 || height % denominator != 0 {
+        denominator /= 2;
+    }
+    let image = decode_jpeg(bytes, denominator)?;
+    if image.dimensions() != (width / denominator, height / denominator) {
+        return Err(ImagingError::Decode(format!(
+            "a {width}×{height} JPEG decoded at 1/{denominator} to {}×{}",
+            image.width(),
+            image.height()
+        )));
+    }
+    Ok(DecodedForResize {
+        image,
+        full_size: (width, height),
+        denominator,
     })
+}
+
+/// Encodes an RGB image as a baseline JPEG (4:2:0, accurate integer DCT, standard Huffman
+/// tables) with libjpeg-turbo.
+pub fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, ImagingError> {
+    let (width, height) = image.dimensions();
+    let err = |e: turbojpeg::Error| ImagingError::Encode {
+        width,
+        height,
+        reason: e.to_string(),
+    };
+    let mut compressor = turbojpeg::Compressor::new().map_err(err)?;
+    compressor.set_quality(quality as i32).map_err(err)?;
+    compressor
+        .set_subsamp(turbojpeg::Subsamp::Sub2x2)
+        .map_err(err)?;
+    let source = turbojpeg::Image {
+        pixels: image.as_raw().as_slice(),
+        width: width as usize,
+        pitch: width as usize * 3,
+        height: height as usize,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    compressor.compress_to_vec(source).map_err(err)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A smooth picture with edges and noise, so that every filter tap and rounding matters.
+    /// A smooth picture with edges and noise, so that every filter tap and rounding matters
+    /// (`picture` in tools/parity/pillow_jpeg.py draws the same).
     fn picture(width: u32, height: u32) -> RgbImage {
         let mut state = 0x9e37_79b9_u32;
         RgbImage::from_fn(width, height, |x, y| {
@@ -267,30 +337,227 @@ mod tests {
     }
 
     #[test]
-    fn zune_paths_give_the_same_bytes() {
-        for quality in [60, 90, 100] {
-            let jpeg = encode_jpeg(&picture(333, 215), quality).unwrap();
-            let scalar = decode_jpeg_full(&jpeg, false).unwrap();
-            let fast = decode_jpeg_full(&jpeg, true).unwrap();
-            assert_eq!(scalar.dimensions(), (333, 215));
-            assert!(
-                scalar.as_raw() == fast.as_raw(),
-                "quality {quality}: SIMD and scalar decodes differ"
-            );
-        }
-    }
-
-    #[test]
     fn the_encoder_gives_the_same_bytes_for_the_same_pixels() {
         let image = picture(70, 42);
         let a = encode_jpeg(&image, 90).unwrap();
         assert_eq!(a, encode_jpeg(&image, 90).unwrap());
         assert_eq!(&a[..2], &[0xFF, 0xD8]);
-        let back = decode_jpeg_full(&a, false).unwrap();
+        let back = decode_jpeg(&a, 1).unwrap();
         assert_eq!(back.dimensions(), (70, 42));
-        assert!(matches!(
-            decode_jpeg_full(b"not a jpeg", true),
-            Err(ImagingError::Decode(_))
-        ));
+        assert_eq!(decode_jpeg(&a, 2).unwrap().dimensions(), (35, 21));
+        let bad = decode_jpeg(b"not a jpeg", 1).unwrap_err();
+        assert!(matches!(bad, ImagingError::Decode(_)), "{bad}");
+        assert!(matches!(decode_jpeg(&a, 3), Err(ImagingError::Decode(_))));
+    }
+
+    fn pillow_jpeg_fixture(name: &str) -> Vec<u8> {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pillow_jpeg");
+        std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// A fixture stem, its picture's size and the sizes asked of Pillow's draft mode.
+    type PillowJpegCase = (&'static str, (u32, u32), &'static [(u32, u32)]);
+
+    /// The cases of tools/parity/pillow_jpeg.py.
+    const PILLOW_JPEG_CASES: [PillowJpegCase; 2] = [
+        (
+            "picture_203x151",
+            (203, 151),
+            &[(101, 75), (50, 37), (25, 18)],
+        ),
+        ("picture_97x61", (97, 61), &[(48, 30)]),
+    ];
+
+    #[test]
+    fn turbo_decoding_gives_pillows_bytes_full_and_draft() {
+        for (stem, (w, h), drafts) in PILLOW_JPEG_CASES {
+            let jpeg = pillow_jpeg_fixture(&format!("{stem}.jpg"));
+            assert_eq!(jpeg_size(&jpeg).unwrap(), (w, h));
+            let full = decode_jpeg(&jpeg, 1).unwrap();
+            assert_eq!(full.dimensions(), (w, h));
+            assert!(
+                full.as_raw() == &pillow_jpeg_fixture(&format!("{stem}_full.rgb")),
+                "{stem}: full decode differs from Pillow's"
+            );
+            for &(tw, th) in drafts {
+                let denominator = draft_denominator(w, h, tw, th);
+                let scaled = decode_jpeg(&jpeg, denominator).unwrap();
+                assert_eq!(
+                    scaled.dimensions(),
+                    (w.div_ceil(denominator), h.div_ceil(denominator))
+                );
+                assert!(
+                    scaled.as_raw() == &pillow_jpeg_fixture(&format!("{stem}_draft_{tw}x{th}.rgb")),
+                    "{stem}: 1/{denominator} decode (draft {tw}×{th}) differs from Pillow's"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn draft_denominator_follows_pillow() {
+        // Pillow: scale = min(W // w, H // h), then the first of 8, 4, 2, 1 not above it.
+        assert_eq!(draft_denominator(1296, 968, 518, 392), 2);
+        assert_eq!(draft_denominator(1296, 968, 392, 294), 2);
+        assert_eq!(draft_denominator(1296, 968, 518, 518), 1);
+        assert_eq!(draft_denominator(640, 480, 518, 392), 1);
+        assert_eq!(draft_denominator(1920, 1440, 518, 392), 2);
+        assert_eq!(draft_denominator(1920, 1440, 224, 168), 8);
+        assert_eq!(draft_denominator(1920, 1440, 300, 200), 4);
+        assert_eq!(draft_denominator(203, 151, 25, 18), 8);
+        assert_eq!(draft_denominator(100, 100, 0, 0), 8);
+    }
+
+    #[test]
+    fn turbo_encoding_gives_pillows_bytes() {
+        for (stem, (w, h), _) in PILLOW_JPEG_CASES {
+            let ours = encode_jpeg(&picture(w, h), 90).unwrap();
+            let pillow = pillow_jpeg_fixture(&format!("{stem}.jpg"));
+            assert!(
+                ours == pillow,
+                "{stem}: {} bytes against Pillow's {}",
+                ours.len(),
+                pillow.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_dct_scaled_decode_lines_up_with_the_full_one() {
+        // Smooth waves (up to ≈ 16 levels per pixel): resizing the 1/2 decode and the full decode
+        // to the same size must agree closely; a half-pixel misalignment of the reduced grid
+        // would cost several levels on average.
+        let (w, h) = (400, 300);
+        let wave = |t: f64| (128.0 + 100.0 * (t * std::f64::consts::TAU / 40.0).sin()) as u8;
+        let smooth = RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([wave(x as f64), wave(y as f64), wave((x + y) as f64 * 0.7)])
+        });
+        let jpeg = encode_jpeg(&smooth, 95).unwrap();
+        let decoded = decode_jpeg_for_resize(&jpeg, 160, 120).unwrap();
+        assert_eq!((decoded.denominator, decoded.full_size), (2, (w, h)));
+        assert_eq!(decoded.image.dimensions(), (200, 150));
+        let via_half = resize_rgb(&decoded.image, 160, 120).unwrap();
+        let via_full = resize_rgb(&decode_jpeg(&jpeg, 1).unwrap(), 160, 120).unwrap();
+        let diffs: Vec<u32> = via_half
+            .as_raw()
+            .iter()
+            .zip(via_full.as_raw())
+            .map(|(&a, &b)| a.abs_diff(b) as u32)
+            .collect();
+        let mean = diffs.iter().sum::<u32>() as f64 / diffs.len() as f64;
+        let signed: f64 = via_half
+            .as_raw()
+            .iter()
+            .zip(via_full.as_raw())
+            .map(|(&a, &b)| a as f64 - b as f64)
+            .sum::<f64>()
+            / diffs.len() as f64;
+        eprintln!(
+            "1/2 then resize against full then resize: mean |Δ| {mean:.3}, mean Δ {signed:.3}"
+        );
+        assert!(
+            mean < 1.5 && signed.abs() < 0.5,
+            "mean |Δ| {mean}, mean Δ {signed}"
+        );
+        // Sides the denominator does not divide fall back to a smaller one (here: none).
+        let odd = encode_jpeg(&picture(401, 300), 90).unwrap();
+        let decoded = decode_jpeg_for_resize(&odd, 160, 120).unwrap();
+        assert_eq!(
+            (decoded.denominator, decoded.image.dimensions()),
+            (1, (401, 300))
+        );
+        // A target above half the size: no reduction.
+        let decoded = decode_jpeg_for_resize(&jpeg, 201, 150).unwrap();
+        assert_eq!(decoded.denominator, 1);
+    }
+
+    /// sha256 (hex, first 16 digits) of every libjpeg-turbo output the SIMD test compares: full and
+    /// DCT-scaled decodes of 4:2:0, 4:2:2, 4:4:4 and greyscale JPEGs, and encodes at three
+    /// qualities, on sizes with partial MCUs.
+    fn turbo_digests() -> Vec<String> {
+        use sha2::{Digest, Sha256};
+        let digest = |bytes: &[u8]| hex::encode(&Sha256::digest(bytes)[..8]);
+        let mut out = Vec::new();
+        let mut sources = vec![pillow_jpeg_fixture("picture_203x151.jpg")];
+        let big = picture(1297, 969);
+        for subsamp in [
+            turbojpeg::Subsamp::Sub2x2,
+            turbojpeg::Subsamp::Sub2x1,
+            turbojpeg::Subsamp::None,
+            turbojpeg::Subsamp::Gray,
+        ] {
+            let mut compressor = turbojpeg::Compressor::new().unwrap();
+            compressor.set_quality(85).unwrap();
+            compressor.set_subsamp(subsamp).unwrap();
+            let jpeg = compressor
+                .compress_to_vec(turbojpeg::Image {
+                    pixels: big.as_raw().as_slice(),
+                    width: 1297,
+                    pitch: 1297 * 3,
+                    height: 969,
+                    format: turbojpeg::PixelFormat::RGB,
+                })
+                .unwrap();
+            out.push(format!("source {subsamp:?} {}", digest(&jpeg)));
+            sources.push(jpeg);
+        }
+        for (i, jpeg) in sources.iter().enumerate() {
+            for denominator in [1, 2, 4, 8] {
+                let image = decode_jpeg(jpeg, denominator).unwrap();
+                out.push(format!(
+                    "decode {i} 1/{denominator} {}",
+                    digest(image.as_raw())
+                ));
+            }
+        }
+        for quality in [60, 90, 100] {
+            for size in [(518, 392), (97, 61)] {
+                let jpeg = encode_jpeg(&picture(size.0, size.1), quality).unwrap();
+                out.push(format!("encode {size:?} q{quality} {}", digest(&jpeg)));
+            }
+        }
+        out
+    }
+
+    /// libjpeg-turbo picks SIMD at run time (AVX2 or SSE2 on x86-64, NEON on aarch64) and reads
+    /// `JSIMD_FORCENONE=1` (portable C) or `JSIMD_FORCESSE2=1` once per thread. This test reruns
+    /// itself in child processes with those set and compares every output's digest with its own.
+    #[test]
+    fn turbo_simd_and_portable_paths_give_the_same_bytes() {
+        const CHILD: &str = "ROOMPLAN_TURBO_DIGESTS_CHILD";
+        const TEST: &str = "imaging::tests::turbo_simd_and_portable_paths_give_the_same_bytes";
+        let ours = turbo_digests();
+        if std::env::var_os(CHILD).is_some() {
+            for line in &ours {
+                println!("digest: {line}");
+            }
+            return;
+        }
+        let mut forced = vec!["JSIMD_FORCENONE"];
+        if cfg!(target_arch = "x86_64") {
+            forced.push("JSIMD_FORCESSE2");
+        }
+        for var in forced {
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([TEST, "--exact", "--nocapture", "--test-threads", "1"])
+                .env(CHILD, "1")
+                .env(var, "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&child.stdout);
+            assert!(child.status.success(), "{var} child failed:\n{stdout}");
+            let theirs: Vec<String> = stdout
+                .lines()
+                // (libtest's "test … " line has no newline before the test's first output.)
+                .filter_map(|l| l.split_once("digest: "))
+                .map(|(_, d)| d.to_string())
+                .collect();
+            assert_eq!(theirs.len(), ours.len(), "{var} child printed:\n{stdout}");
+            for (a, b) in ours.iter().zip(&theirs) {
+                assert_eq!(a, b, "{var}=1 gives other bytes");
+            }
+            eprintln!("{var}=1: {} outputs identical", theirs.len());
+        }
     }
 }

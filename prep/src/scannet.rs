@@ -17,12 +17,12 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::hash_cache::{FileStamp, HashCache};
-use crate::imaging::decode_jpeg_full;
+use crate::imaging::{decode_jpeg, decode_jpeg_for_resize, jpeg_size, ImagingError};
 
 use crate::geometry::{
     depth_histogram, encode_jpeg, mat4_to_row_major, select_coverage, select_uniform, validate_pose, visible_voxels,
-    validate_intrinsics, validate_intrinsics4, CameraImage, CoverageParams, DepthMap, DepthStats, Mat3, ReferenceFrame,
-    Rigid, ViewSelection,
+    validate_intrinsics, validate_intrinsics4, CameraImage, CoverageParams, DepthMap, DepthStats, ImageOp, Mat3,
+    ReferenceFrame, Rigid, ViewSelection,
 };
 use crate::manifest::{RawInput, RawInputKind};
 use crate::pipeline::{raw_input_of_bytes, InputRoot, SceneOutput, ViewOptions};
@@ -317,8 +317,8 @@ fn check_dims(file: &Path, record: &str, what: &str, w: u64, h: u64) -> Result<(
 
 fn decode_rgb(bytes: &[u8], format: image::ImageFormat, file: &Path, record: &str) -> Result<image::RgbImage> {
     if format == image::ImageFormat::Jpeg {
-        // The pinned decoder of `crate::imaging`: the same pixels on every CPU.
-        return decode_jpeg_full(bytes, true)
+        // The pinned decoder of `crate::imaging` (libjpeg-turbo, Pillow's): the same pixels on every CPU.
+        return decode_jpeg(bytes, 1)
             .map_err(|e| ScanNetError::format(file, record, format!("cannot decode {format:?} colour: {e}")));
     }
     let img = image::load_from_memory_with_format(bytes, format)
@@ -1108,6 +1108,18 @@ impl ScanSource {
         }
     }
 
+    /// The frame's colour as JPEG bytes when it is stored as a JPEG (always for an export; for a
+    /// `.sens`, when its header says so), for decoding at a reduced DCT scale.
+    pub fn color_jpeg(&mut self, index: u64) -> Result<Option<Vec<u8>>> {
+        match self {
+            ScanSource::Sens(r) if r.header().color_compression == ColorCompression::Jpeg => {
+                r.color_bytes(index).map(Some)
+            }
+            ScanSource::Sens(_) => Ok(None),
+            ScanSource::Export(e) => e.color_bytes(index).map(|(_, bytes)| Some(bytes)),
+        }
+    }
+
     /// The file holding a frame's colour image (the `.sens`, or `color/N.jpg`).
     pub fn color_file(&self, index: u64) -> PathBuf {
         self.frame_file(index, "color", "jpg")
@@ -1560,22 +1572,42 @@ impl SceneReader<'_> {
     /// Decodes a frame's colour (and depth unless its statistics are known) and stores the image.
     fn load(&mut self, c: &Candidate, depth: Option<DepthStats>) -> Result<LoadedView> {
         let record = format!("frame {}", c.index);
-        let rgb = self.source.decode_color(c.index)?;
         let color_file = self.source.color_file(c.index);
+        // A JPEG is decoded at the DCT scale Pillow's draft mode would pick for the stored size
+        // (1/2 for ScanNet's 1296×968 → 518 wide), then resized the rest of the way.
+        let (rgb, (width, height)) = match self.source.color_jpeg(c.index)? {
+            Some(bytes) => {
+                let jpeg_err = |e: ImagingError| {
+                    ScanNetError::format(&color_file, &record, format!("cannot decode Jpeg colour: {e}"))
+                };
+                let (w, h) = jpeg_size(&bytes).map_err(jpeg_err)?;
+                let (tw, th) = match self.opts.size_rule.plan(w, h).first() {
+                    Some(ImageOp::Resize { width, height }) => (*width, *height),
+                    _ => (w, h),
+                };
+                let decoded = decode_jpeg_for_resize(&bytes, tw, th).map_err(jpeg_err)?;
+                (decoded.image, decoded.full_size)
+            }
+            None => {
+                let rgb = self.source.decode_color(c.index)?;
+                let size = rgb.dimensions();
+                (rgb, size)
+            }
+        };
         if let Some((w, h, from)) = &self.color_size {
-            if (rgb.width(), rgb.height()) != (*w, *h) {
+            if (width, height) != (*w, *h) {
                 return Err(ScanNetError::format(
                     &color_file,
                     &record,
-                    format!("the colour image is {}x{} but {from} says {w}x{h}", rgb.width(), rgb.height()),
+                    format!("the colour image is {width}x{height} but {from} says {w}x{h}"),
                 ));
             }
         }
-        validate_intrinsics(&self.k_color, rgb.width(), rgb.height()).map_err(|e| {
+        validate_intrinsics(&self.k_color, width, height).map_err(|e| {
             ScanNetError::format(
                 &color_file,
                 &record,
-                format!("the {}x{} colour image does not fit the colour intrinsics: {e}", rgb.width(), rgb.height()),
+                format!("the {width}x{height} colour image does not fit the colour intrinsics: {e}"),
             )
         })?;
         let depth = match depth {
@@ -1584,9 +1616,8 @@ impl SceneReader<'_> {
         };
         let file = self.source_path();
         let image_err = |e: String| ScanNetError::format(&file, &record, e);
-        let plan = self.opts.size_rule.plan(rgb.width(), rgb.height());
-        let image = CameraImage::new(rgb, self.k_color)
-            .apply_all(&plan)
+        let plan = self.opts.size_rule.plan(width, height);
+        let image = CameraImage::apply_all_from_reduced(rgb, (width, height), self.k_color, &plan)
             .map_err(|e| image_err(e.to_string()))?;
         let jpeg = encode_jpeg(&image.image, self.opts.jpeg_quality).map_err(|e| image_err(e.to_string()))?;
         Ok(LoadedView {

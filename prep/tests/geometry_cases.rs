@@ -265,6 +265,36 @@ fn intrinsics_follow_scannet_resize() {
 }
 
 #[test]
+fn a_reduced_decode_keeps_the_full_size_geometry() {
+    // ScanNet colour decoded at 1/2 (648×484) then resized to 518×392: K and pose are exactly those of
+    // the resize from 1296×968, and the pixels are the resize of the reduced image.
+    let k = intrinsics(1170.19, 1170.19, 647.75, 483.75);
+    let plan = SizeRule::default().plan(1296, 968);
+    let full = CameraImage::new(image::RgbImage::new(1296, 968), k)
+        .apply_all(&plan)
+        .unwrap();
+    let reduced = image::RgbImage::from_fn(648, 484, |x, y| image::Rgb([(x % 251) as u8, (y % 241) as u8, 7]));
+    let from_reduced = CameraImage::apply_all_from_reduced(reduced.clone(), (1296, 968), k, &plan).unwrap();
+    assert_eq!(from_reduced.k, full.k);
+    assert_eq!(from_reduced.camera_from_original, full.camera_from_original);
+    let resized = CameraImage::new(reduced.clone(), k).apply_all(&plan).unwrap();
+    assert_eq!(from_reduced.image.as_raw(), resized.image.as_raw());
+    // A crop after the resize (a tall image) still applies; a non-exact reduction is refused.
+    let tall = SizeRule::default().plan(968, 1296);
+    let cropped =
+        CameraImage::apply_all_from_reduced(image::RgbImage::new(484, 648), (968, 1296), k, &tall).unwrap();
+    assert_eq!(cropped.image.dimensions(), (518, 518));
+    let err = CameraImage::apply_all_from_reduced(image::RgbImage::new(649, 484), (1297, 968), k, &plan).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "pixels decoded at 649×484 are not an exact 1/n reduction of the 1297×968 image followed by a resize"
+    );
+    // No reduction: the same as apply_all.
+    let same = CameraImage::apply_all_from_reduced(image::RgbImage::new(1296, 968), (1296, 968), k, &plan).unwrap();
+    assert_eq!(same.k, full.k);
+}
+
+#[test]
 fn intrinsics_follow_arkit_portrait_rotation_resize_and_crop() {
     // 256×192 sensor image, sky direction Left → rotate 90° CW → 192×256, then 518×686, crop y 84.
     let (fx, fy, cx, cy) = (212.0, 211.0, 127.2, 95.9);

@@ -18,7 +18,8 @@ again, 1 and 2 threads; no Python peer); with --memory, peak RSS of prep-scanqa 
 scenes (2 threads).
 
 usage: python3 tools/bench/prep_speed.py [--scenes 20] [--frames 300] [--rounds 3] [--work DIR]
-       [--python /work/venv-bench/bin/python] [--others] [--memory] [--no-build]
+       [--scratch DIR] [--python /work/venv-bench/bin/python] [--others] [--memory] [--no-build]
+       [--baseline DIR]
 The raw set is generated once into WORK/raw (kept between invocations; delete WORK to start over).
 """
 
@@ -69,6 +70,8 @@ def main():
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "roomplan_prep_speed"))
+    ap.add_argument("--scratch", metavar="DIR",
+                    help="where hash caches and outputs go (default: WORK); lets several runs share one WORK's raw set")
     ap.add_argument("--python", default="/work/venv-bench/bin/python")
     ap.add_argument("--others", action="store_true", help="also prep-sqa3d and prep-arkit")
     ap.add_argument("--memory", action="store_true", help="peak RSS on 10 vs 40 scenes")
@@ -93,13 +96,15 @@ def main():
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(raw, "scannet")) for f in fs)
     log(f"raw ScanNet: {size / 2**20:.0f} MiB; load before: {os.getloadavg()}")
 
-    caches = os.path.join(args.work, "caches")
+    scratch = args.scratch or args.work
+    os.makedirs(scratch, exist_ok=True)
+    caches = os.path.join(scratch, "caches")
     warm_cache = os.path.join(caches, "warm")
     shutil.rmtree(caches, ignore_errors=True)
     os.makedirs(warm_cache)
 
     def rust(tool, extra, threads, cache_dir, roots, exe=None):
-        out = tempfile.mkdtemp(dir=args.work, prefix="out-")
+        out = tempfile.mkdtemp(dir=scratch, prefix="out-")
         env = dict(os.environ, ROOMPLAN_CACHE_DIR=cache_dir)
         cmd = [exe or binary(tool), *roots, "--out", out, "--overwrite", "--threads", str(threads), *extra]
         wall, cpu, rss, _ = timed(cmd, env)
@@ -117,7 +122,7 @@ def main():
     rust("prep-scanqa", FIRST_ARGS, 2, warm_cache, scanqa_roots)
 
     def py(extra, draft):
-        out = tempfile.mkdtemp(dir=args.work, prefix="py-")
+        out = tempfile.mkdtemp(dir=scratch, prefix="py-")
         cmd = [args.python, os.path.join(ROOT, "tools/bench/prep_scanqa_py.py"), *scanqa_roots, "--out", out, *extra]
         if draft:
             cmd.append("--draft")
