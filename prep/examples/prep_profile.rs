@@ -60,7 +60,6 @@ fn main() -> anyhow::Result<()> {
     let start = cpu_s();
     let _ = SensReader::open(&path)?;
     println!("open (index only): {:.2} ms CPU", (cpu_s() - start) * 1e3);
-    let mut reader = reader;
     let n = reader.frames().len();
     let picks: Vec<u64> = (0..frames).map(|i| (i * n / frames) as u64).collect();
     let jpegs: Vec<Vec<u8>> = picks
