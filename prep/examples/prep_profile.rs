@@ -75,7 +75,6 @@ fn main() -> anyhow::Result<()> {
     let start = cpu_s();
     let _ = SensReader::open(&path)?;
     println!("open (index only): {:.2} ms CPU", (cpu_s() - start) * 1e3);
-    let mut reader = reader;
     let n = reader.frames().len();
     let picks: Vec<u64> = (0..frames).map(|i| (i * n / frames) as u64).collect();
     let jpegs: Vec<Vec<u8>> = picks
@@ -169,7 +168,7 @@ fn main() -> anyhow::Result<()> {
         encode_jpeg(&small, 90).unwrap()
     });
     let mut k = 0;
-    time("depth: read + inflate (flate2) + u16", reps, || {
+    time("depth: read + inflate (zlib-rs) into u16", reps, || {
         k = (k + 1) % picks.len();
         reader.decode_depth(picks[k]).unwrap()
     });

@@ -28,6 +28,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::actions::synthesis::{self, floor_region, Room, RoomObject, SynthesisConfig};
@@ -813,9 +814,11 @@ fn load_view(
 }
 
 /// Selects and loads the views; a frame that fails is rejected and the selection redone
-/// without it, so the result is the selection over the readable frames.
+/// without it, so the result is the selection over the readable frames. Depth and views are read
+/// in parallel (on the pool this runs on), but the errors are those, and in the order, that
+/// reading one frame at a time (picks in order, stopping at the first failure) gives.
 fn select_views(
-    mut pool: Vec<Candidate>,
+    pool: Vec<Candidate>,
     rotation: ImageRotation,
     opts: &ViewOptions,
     errors: &mut Vec<ArkitError>,
@@ -826,40 +829,47 @@ fn select_views(
         ViewSelection::Coverage(params) => select_uniform(pool.len(), params.max_candidates),
         ViewSelection::Uniform => (0..pool.len()).collect(),
     };
+    let depths: Vec<_> = candidates_of_interest
+        .par_iter()
+        .map(|&i| depth_view(&pool[i], rotation, opts))
+        .collect();
+    // (position in `pool`, candidate, voxels, depth statistics) of the frames whose depth is usable.
     let mut depth_ok = Vec::new();
-    for i in candidates_of_interest {
-        match depth_view(&pool[i], rotation, opts) {
-            Ok((voxels, stats)) => depth_ok.push((pool[i].clone(), voxels, stats)),
+    for (i, result) in candidates_of_interest.into_iter().zip(depths) {
+        match result {
+            Ok((voxels, stats)) => depth_ok.push((i, &pool[i], voxels, stats)),
             Err(e) => errors.push(e),
         }
     }
-    pool.clear();
+    let mut tried: BTreeMap<usize, Result<LoadedView, ArkitError>> = BTreeMap::new();
     loop {
         let picks = match &opts.selection {
             ViewSelection::Coverage(_) => {
-                let voxels: Vec<Vec<[i32; 3]>> = depth_ok.iter().map(|(_, v, _)| v.clone()).collect();
+                let voxels: Vec<Vec<[i32; 3]>> = depth_ok.iter().map(|(_, _, v, _)| v.clone()).collect();
                 select_coverage(&voxels, opts.num_views)
             }
             ViewSelection::Uniform => select_uniform(depth_ok.len(), opts.num_views),
         };
-        let mut views = Vec::new();
-        let mut failed = None;
-        for &i in &picks {
-            let (c, _, stats) = &depth_ok[i];
-            match load_view(c, rotation, stats.clone(), opts) {
-                Ok(v) => views.push(v),
-                Err(e) => {
+        let missing: Vec<_> = picks.iter().map(|&k| &depth_ok[k]).filter(|(i, ..)| !tried.contains_key(i)).collect();
+        let loaded: Vec<_> = missing
+            .into_par_iter()
+            .map(|(i, c, _, stats)| (*i, load_view(c, rotation, stats.clone(), opts)))
+            .collect();
+        tried.extend(loaded);
+        match picks.iter().position(|&k| tried[&depth_ok[k].0].is_err()) {
+            Some(p) => {
+                let k = picks[p];
+                if let Some(Err(e)) = tried.remove(&depth_ok[k].0) {
                     errors.push(e);
-                    failed = Some(i);
-                    break;
                 }
+                depth_ok.remove(k);
             }
-        }
-        match failed {
-            Some(i) => {
-                depth_ok.remove(i);
+            None => {
+                return picks
+                    .iter()
+                    .filter_map(|&k| tried.remove(&depth_ok[k].0).and_then(|r| r.ok()))
+                    .collect()
             }
-            None => return views,
         }
     }
 }

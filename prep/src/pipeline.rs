@@ -3,10 +3,11 @@
 //! A binary parses its own raw-root arguments plus [`CommonArgs`], reads its small inputs (question
 //! files) into a [`Prelude`] and a list of [`SceneJob`]s, and hands both to [`run_scenes`] with a
 //! per-scene function. That function turns one scene into a [`SceneOutput`] (scene row, sample rows,
-//! rejects, raw inputs read) and is run on a rayon pool, one scene at a time per worker; results are
-//! written in scene-id order through a bounded reorder window, so memory stays bounded by
-//! (2 × threads) scenes whatever the dataset size, and the output does not depend on the thread
-//! count. `--shard-index/--num-shards` keeps the scenes whose id hashes to this part.
+//! rejects, raw inputs read) and is run on a rayon pool, as many scenes at a time as there are
+//! workers; a scene's own parallel work (decoding its views) spreads over idle workers, so the last
+//! scenes do not leave a worker idle. Results are written in scene-id order through a bounded
+//! reorder window, so memory stays bounded by (2 × threads) scenes whatever the dataset size, and
+//! the output does not depend on the thread count. `--shard-index/--num-shards` keeps the scenes whose id hashes to this part.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -592,9 +593,15 @@ struct OrderState<R> {
     stop: bool,
 }
 
-/// Maps `process` over `jobs` on `threads` rayon workers and hands the results to `write` in job
-/// order. Workers run at most `2 × threads` jobs ahead of the writer, which bounds memory. A panic
-/// in `process` or an error from `write` stops the run and is returned.
+/// Maps `process` over `jobs` on a pool of `threads` rayon workers and hands the results to
+/// `write` in job order. At most `2 × threads` jobs run ahead of the writer, which bounds memory.
+/// A panic in `process` or an error from `write` stops the run and is returned.
+///
+/// `process` may use rayon itself (`par_iter`, `join`): it runs on the pool, whose idle workers
+/// then help. The jobs are claimed, and the window waited for, by `threads` plain threads that
+/// hand one job at a time to the pool (`install`) — never by a pool worker: a worker waiting in a
+/// nested `join` runs other queued jobs meanwhile, and one that then blocked on the window (full
+/// until the job below it on its own stack is written) would never return.
 pub fn run_ordered<J: Sync, R: Send>(
     jobs: &[J],
     threads: usize,
@@ -617,44 +624,54 @@ pub fn run_ordered<J: Sync, R: Send>(
         .thread_name(|i| format!("prep-worker-{i}"))
         .build()
         .context("starting the worker threads")?;
-    pool.in_place_scope(|scope| {
-        for _ in 0..threads.min(jobs.len()) {
-            scope.spawn(|_| loop {
-                let index = {
-                    let mut st = lock();
-                    loop {
-                        if st.stop || st.next_claim >= jobs.len() {
-                            return;
-                        }
-                        if st.next_claim < st.next_write + window {
-                            break;
-                        }
-                        st = changed
-                            .wait(st)
-                            .unwrap_or_else(|poison| poison.into_inner());
-                    }
-                    st.next_claim += 1;
-                    st.next_claim - 1
-                };
-                let result = catch_unwind(AssertUnwindSafe(|| process(&jobs[index])));
-                let mut st = lock();
-                match result {
-                    Ok(r) => {
-                        st.ready.insert(index, r);
-                    }
-                    Err(panic) => {
-                        let msg = panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_else(|| "unknown panic".into());
-                        st.failure
-                            .get_or_insert(format!("job {index} panicked: {msg}"));
-                        st.stop = true;
-                    }
+    let claim = || loop {
+        let index = {
+            let mut st = lock();
+            loop {
+                if st.stop || st.next_claim >= jobs.len() {
+                    return;
                 }
+                if st.next_claim < st.next_write + window {
+                    break;
+                }
+                st = changed
+                    .wait(st)
+                    .unwrap_or_else(|poison| poison.into_inner());
+            }
+            st.next_claim += 1;
+            st.next_claim - 1
+        };
+        let result = pool.install(|| catch_unwind(AssertUnwindSafe(|| process(&jobs[index]))));
+        let mut st = lock();
+        match result {
+            Ok(r) => {
+                st.ready.insert(index, r);
+            }
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                st.failure
+                    .get_or_insert(format!("job {index} panicked: {msg}"));
+                st.stop = true;
+            }
+        }
+        changed.notify_all();
+    };
+    std::thread::scope(|scope| {
+        for i in 0..threads.min(jobs.len()) {
+            let started = std::thread::Builder::new()
+                .name(format!("prep-claim-{i}"))
+                .spawn_scoped(scope, claim);
+            if let Err(e) = started {
+                // The threads already started stop at their next claim instead of waiting on a
+                // window that no writer empties.
+                lock().stop = true;
                 changed.notify_all();
-            });
+                return Err(anyhow::Error::new(e).context("starting the worker threads"));
+            }
         }
         let mut result = Ok(());
         for index in 0..jobs.len() {
@@ -730,6 +747,44 @@ mod tests {
         })
         .unwrap();
         assert!(max_ahead <= 2 * 3 + 1, "workers ran {max_ahead} jobs ahead");
+    }
+
+    /// Jobs that use rayon themselves, with a writer slow enough to keep the window full: the
+    /// run ends (a pool worker that waited on the window while a nested job sat below it on its
+    /// stack would hang here) and the results come in order.
+    #[test]
+    fn jobs_with_nested_parallelism_finish_in_order() {
+        use rayon::prelude::*;
+        let jobs: Vec<u64> = (0..60).collect();
+        let work = |j: &u64| -> u64 {
+            (0..8u64)
+                .into_par_iter()
+                .map(|k| {
+                    std::thread::sleep(std::time::Duration::from_micros(
+                        (j * 31 + k * 17) % 7 * 150,
+                    ));
+                    j * 8 + k
+                })
+                .sum()
+        };
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let result = run_ordered(&jobs, 2, &work, |i, r| {
+                std::thread::sleep(std::time::Duration::from_micros(300));
+                seen.push((i as u64, r));
+                Ok(())
+            });
+            done.send((result.is_ok(), seen)).unwrap();
+        });
+        let (ok, seen) = finished
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("run_ordered with nested parallel jobs did not finish within 2 minutes");
+        assert!(ok);
+        let expected: Vec<(u64, u64)> = (0..60)
+            .map(|j| (j, (0..8).map(|k| j * 8 + k).sum()))
+            .collect();
+        assert_eq!(seen, expected);
     }
 
     #[test]

@@ -11,9 +11,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::sync::Mutex;
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::hash_cache::{FileStamp, HashCache};
@@ -412,7 +414,7 @@ struct Stream<R> {
     hasher: Option<Sha256>,
 }
 
-impl<R: Read + Seek> Stream<R> {
+impl<R: BufRead + Seek> Stream<R> {
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
         self.inner.read_exact(buf)?;
         if let Some(h) = &mut self.hasher {
@@ -446,19 +448,24 @@ impl<R: Read + Seek> Stream<R> {
         }
         Ok(m)
     }
-    /// Moves over `n` bytes: seeks, or reads them through the hasher when hashing.
+    /// Moves over `n` bytes: seeks, or hashes them straight from the reader's buffer when
+    /// hashing (no copy into a buffer of our own: on a first preparation every byte of every
+    /// `.sens` passes here).
     fn skip(&mut self, n: u64) -> io::Result<()> {
         match &mut self.hasher {
             None => {
                 self.inner.seek(SeekFrom::Current(n as i64))?;
             }
             Some(h) => {
-                let mut buf = [0u8; 64 * 1024];
                 let mut left = n;
                 while left > 0 {
+                    let buf = self.inner.fill_buf()?;
+                    if buf.is_empty() {
+                        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+                    }
                     let take = left.min(buf.len() as u64) as usize;
-                    self.inner.read_exact(&mut buf[..take])?;
                     h.update(&buf[..take]);
+                    self.inner.consume(take);
                     left -= take as u64;
                 }
             }
@@ -468,9 +475,10 @@ impl<R: Read + Seek> Stream<R> {
     }
 }
 
-/// A `.sens` file: header and frame index in memory, payloads read on demand.
+/// A `.sens` file: header and frame index in memory, payloads read on demand (from several
+/// threads at once: the source is locked only while a payload is copied out of it).
 pub struct SensReader<R> {
-    source: R,
+    source: Mutex<R>,
     file: PathBuf,
     header: SensHeader,
     frames: Vec<SensFrameInfo>,
@@ -488,12 +496,17 @@ impl SensReader<BufReader<File>> {
     /// sha256 as well (the manifest pins every raw input); frames are still decoded on demand.
     pub fn open_hashed(path: &Path) -> Result<(Self, [u8; 32])> {
         let file = File::open(path).map_err(|e| ScanNetError::io(path, e))?;
-        let (reader, digest) = Self::from_reader(BufReader::with_capacity(1 << 20, file), path, true)?;
+        let (mut reader, digest) = Self::from_reader(BufReader::with_capacity(1 << 20, file), path, true)?;
+        // Payloads are then read one at a time at scattered offsets: behind a 1 MiB buffer, each
+        // read of a 100 KB payload would read (and copy) a whole MiB. A default-sized buffer is
+        // bypassed by reads larger than itself.
+        let file = reader.source.into_inner().unwrap_or_else(|poison| poison.into_inner()).into_inner();
+        reader.source = Mutex::new(BufReader::new(file));
         Ok((reader, digest.expect("hashing was requested")))
     }
 }
 
-impl<R: Read + Seek> SensReader<R> {
+impl<R: BufRead + Seek> SensReader<R> {
     /// Reads the header and the frame index from `source`; `file` names it in errors. With
     /// `hash`, everything (payloads and trailing IMU records included) is read through sha256.
     pub fn from_reader(mut source: R, file: &Path, hash: bool) -> Result<(Self, Option<[u8; 32]>)> {
@@ -528,7 +541,7 @@ impl<R: Read + Seek> SensReader<R> {
             }
         };
         let reader = SensReader {
-            source: stream.inner,
+            source: Mutex::new(stream.inner),
             file: file.to_path_buf(),
             header,
             frames,
@@ -563,27 +576,38 @@ impl<R: Read + Seek> SensReader<R> {
         })
     }
 
-    fn read_payload(&mut self, offset: u64, size: u64, record: &str) -> Result<Vec<u8>> {
-        let file = self.file.clone();
-        self.source
+    fn read_payload(&self, offset: u64, size: u64, record: &str) -> Result<Vec<u8>> {
+        // A panic while the lock was held cannot leave the reader inconsistent: every read seeks first.
+        let mut source = self.source.lock().unwrap_or_else(|poison| poison.into_inner());
+        source
             .seek(SeekFrom::Start(offset))
-            .map_err(|e| ScanNetError::io(&file, e))?;
-        let mut buf = vec![0u8; size as usize];
-        self.source
-            .read_exact(&mut buf)
-            .map_err(|e| ScanNetError::format(&file, record, format!("truncated payload at offset {offset}: {e}")))?;
+            .map_err(|e| ScanNetError::io(&self.file, e))?;
+        // Read into fresh capacity (not a zeroed buffer): the payload overwrites all of it.
+        let mut buf = Vec::with_capacity(size as usize);
+        let read = (&mut *source)
+            .take(size)
+            .read_to_end(&mut buf)
+            .map_err(|e| ScanNetError::format(&self.file, record, format!("truncated payload at offset {offset}: {e}")))?;
+        if read as u64 != size {
+            let e = io::Error::from(io::ErrorKind::UnexpectedEof);
+            return Err(ScanNetError::format(
+                &self.file,
+                record,
+                format!("truncated payload at offset {offset}: {e}"),
+            ));
+        }
         Ok(buf)
     }
 
     /// The frame's colour payload as stored (JPEG bytes for ScanNet).
-    pub fn color_bytes(&mut self, index: u64) -> Result<Vec<u8>> {
+    pub fn color_bytes(&self, index: u64) -> Result<Vec<u8>> {
         let f = self.frame(index)?;
         let (offset, size) = (f.color_offset, f.color_size);
         self.read_payload(offset, size, &format!("frame {index}"))
     }
 
     /// Decodes the frame's colour image.
-    pub fn decode_color(&mut self, index: u64) -> Result<image::RgbImage> {
+    pub fn decode_color(&self, index: u64) -> Result<image::RgbImage> {
         let record = format!("frame {index}");
         let bytes = self.color_bytes(index)?;
         let h = &self.header;
@@ -611,7 +635,7 @@ impl<R: Read + Seek> SensReader<R> {
     }
 
     /// Decodes the frame's depth raster (zlib or raw uint16, little-endian).
-    pub fn decode_depth(&mut self, index: u64) -> Result<DepthImage> {
+    pub fn decode_depth(&self, index: u64) -> Result<DepthImage> {
         let record = format!("frame {index}");
         let f = self.frame(index)?;
         let (offset, size) = (f.depth_offset, f.depth_size);
@@ -623,17 +647,20 @@ impl<R: Read + Seek> SensReader<R> {
         check_dims(&self.file, &record, "depth", w as u64, h as u64)?;
         let expected = w as usize * h as usize * 2;
         let bytes = self.read_payload(offset, size, &record)?;
-        let raw = match self.header.depth_compression {
-            DepthCompression::RawUshort => bytes,
-            DepthCompression::ZlibUshort => {
-                let mut out = Vec::with_capacity(expected);
-                // One byte more than expected tells an over-long stream from an exact one.
-                flate2::read::ZlibDecoder::new(&bytes[..])
-                    .take(expected as u64 + 1)
-                    .read_to_end(&mut out)
-                    .map_err(|e| ScanNetError::format(&self.file, &record, format!("bad zlib depth: {e}")))?;
-                out
+        // The values are inflated (or copied) straight into their u16 storage, plus one spare
+        // value: room for a byte more than expected, which tells an over-long stream.
+        let mut data = vec![0u16; expected / 2 + 1];
+        let storage: &mut [u8] = bytemuck::cast_slice_mut(&mut data);
+        let len = match self.header.depth_compression {
+            DepthCompression::RawUshort => {
+                let len = bytes.len();
+                if len == expected {
+                    storage[..len].copy_from_slice(&bytes);
+                }
+                len
             }
+            DepthCompression::ZlibUshort => inflate_depth(&bytes, &mut storage[..expected + 1])
+                .map_err(|reason| ScanNetError::format(&self.file, &record, reason))?,
             other => {
                 return Err(ScanNetError::format(
                     &self.file,
@@ -642,14 +669,18 @@ impl<R: Read + Seek> SensReader<R> {
                 ))
             }
         };
-        if raw.len() != expected {
+        if len != expected {
             return Err(ScanNetError::format(
                 &self.file,
                 &record,
-                format!("depth has {} bytes, expected {w}x{h}x2 = {expected}", raw.len()),
+                format!("depth has {len} bytes, expected {w}x{h}x2 = {expected}"),
             ));
         }
-        let data = raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        data.truncate(expected / 2);
+        // The file is little-endian (a no-op on little-endian machines).
+        for v in &mut data {
+            *v = u16::from_le(*v);
+        }
         Ok(DepthImage {
             width: w,
             height: h,
@@ -659,7 +690,34 @@ impl<R: Read + Seek> SensReader<R> {
     }
 }
 
-fn read_sens_header<R: Read + Seek>(s: &mut Stream<R>, file: &Path) -> Result<SensHeader> {
+/// Inflates a zlib depth payload into `out`, which holds the expected byte count plus one spare
+/// byte (so that an exact stream and an over-long one differ); returns the number of bytes
+/// inflated, which the caller compares with the expected count.
+///
+/// zlib-rs (pure Rust, zlib's algorithm) rather than flate2's default miniz_oxide backend: about
+/// a third less CPU on ScanNet depth (BENCHMARKS.md, issue 11). flate2's own `zlib-rs` feature is
+/// not used because features unify across the workspace: it would also switch the synthetic data
+/// generator's zlib *encoder* and change its bytes. Inflating is lossless: the values are the
+/// same whichever decoder runs.
+fn inflate_depth(z: &[u8], out: &mut [u8]) -> std::result::Result<usize, String> {
+    use zlib_rs::ReturnCode;
+    let room = out.len();
+    let (inflated, code) = zlib_rs::decompress_slice(out, z, zlib_rs::InflateConfig::default());
+    let n = inflated.len();
+    match code {
+        ReturnCode::Ok => Ok(n),
+        ReturnCode::BufError if n == room => Err(format!(
+            "depth inflates to more than {} bytes",
+            room.saturating_sub(1)
+        )),
+        ReturnCode::DataError | ReturnCode::BufError => {
+            Err("bad zlib depth: corrupt or truncated zlib stream".to_string())
+        }
+        other => Err(format!("bad zlib depth: zlib error {other:?}")),
+    }
+}
+
+fn read_sens_header<R: BufRead + Seek>(s: &mut Stream<R>, file: &Path) -> Result<SensHeader> {
     let trunc = |e: io::Error| ScanNetError::format(file, "header", format!("truncated or unreadable header: {e}"));
     let version = s.u32().map_err(trunc)?;
     if version != 4 {
@@ -730,7 +788,7 @@ fn read_sens_header<R: Read + Seek>(s: &mut Stream<R>, file: &Path) -> Result<Se
     })
 }
 
-fn read_sens_frame<R: Read + Seek>(s: &mut Stream<R>, file: &Path, index: u64) -> Result<SensFrameInfo> {
+fn read_sens_frame<R: BufRead + Seek>(s: &mut Stream<R>, file: &Path, index: u64) -> Result<SensFrameInfo> {
     let record = format!("frame {index}");
     let start = s.pos;
     if s.len.saturating_sub(start) < SENS_FRAME_HEADER_BYTES {
@@ -1101,7 +1159,7 @@ impl ScanSource {
         }
     }
 
-    pub fn decode_color(&mut self, index: u64) -> Result<image::RgbImage> {
+    pub fn decode_color(&self, index: u64) -> Result<image::RgbImage> {
         match self {
             ScanSource::Sens(r) => r.decode_color(index),
             ScanSource::Export(e) => e.decode_color(index),
@@ -1142,7 +1200,7 @@ impl ScanSource {
         }
     }
 
-    pub fn decode_depth(&mut self, index: u64) -> Result<DepthImage> {
+    pub fn decode_depth(&self, index: u64) -> Result<DepthImage> {
         match self {
             ScanSource::Sens(r) => r.decode_depth(index),
             ScanSource::Export(e) => e.decode_depth(index),
@@ -1554,7 +1612,7 @@ impl SceneReader<'_> {
             .push(Reject::new(self.root.label(e.file()), e.record(), e.reason()));
     }
 
-    fn depth_stats(&mut self, index: u64) -> Result<(DepthImage, DepthStats)> {
+    fn depth_stats(&self, index: u64) -> Result<(DepthImage, DepthStats)> {
         let depth = self.source.decode_depth(index)?;
         validate_intrinsics(&self.k_depth, depth.width, depth.height).map_err(|e| {
             ScanNetError::format(
@@ -1570,7 +1628,7 @@ impl SceneReader<'_> {
     }
 
     /// Decodes a frame's colour (and depth unless its statistics are known) and stores the image.
-    fn load(&mut self, c: &Candidate, depth: Option<DepthStats>) -> Result<LoadedView> {
+    fn load(&self, c: &Candidate, depth: Option<DepthStats>) -> Result<LoadedView> {
         let record = format!("frame {}", c.index);
         let color_file = self.source.color_file(c.index);
         // A JPEG is decoded at the DCT scale Pillow's draft mode would pick for the stored size
@@ -1639,83 +1697,93 @@ impl SceneReader<'_> {
         }
     }
 
+    /// Loads the candidates not tried yet into `tried`, in parallel (on the pool this runs on, so
+    /// that the views of one scene spread over idle workers); `depth` gives known statistics.
+    fn load_missing<'c>(
+        &self,
+        wanted: impl Iterator<Item = (&'c Candidate, Option<DepthStats>)>,
+        tried: &mut BTreeMap<u64, Result<LoadedView>>,
+    ) {
+        let missing: Vec<(&Candidate, Option<DepthStats>)> = wanted.filter(|(c, _)| !tried.contains_key(&c.index)).collect();
+        let loaded: Vec<(u64, Result<LoadedView>)> = missing
+            .into_par_iter()
+            .map(|(c, depth)| (c.index, self.load(c, depth)))
+            .collect();
+        tried.extend(loaded);
+    }
+
     /// Uniform selection; a frame that fails to decode is rejected and the selection redone
-    /// without it.
+    /// without it. The picks are loaded in parallel, but a frame's failure is rejected only when
+    /// the one-at-a-time order (picks in order, stopping at the first failure) reaches it, so the
+    /// rejects and the views are the same whatever the thread count.
     fn select_uniform(&mut self, mut pool: Vec<Candidate>) -> Vec<LoadedView> {
-        let mut loaded: BTreeMap<u64, LoadedView> = BTreeMap::new();
+        let mut tried: BTreeMap<u64, Result<LoadedView>> = BTreeMap::new();
         loop {
             let picks: Vec<Candidate> = select_uniform(pool.len(), self.opts.num_views)
                 .into_iter()
                 .map(|i| pool[i].clone())
                 .collect();
-            let mut failed = None;
-            for c in &picks {
-                if loaded.contains_key(&c.index) {
-                    continue;
-                }
-                match self.load(c, None) {
-                    Ok(v) => {
-                        loaded.insert(c.index, v);
-                    }
-                    Err(e) => {
+            self.load_missing(picks.iter().map(|c| (c, None)), &mut tried);
+            match picks.iter().find(|c| tried[&c.index].is_err()) {
+                Some(c) => {
+                    if let Some(Err(e)) = tried.remove(&c.index) {
                         self.reject(&e);
-                        failed = Some(c.index);
-                        break;
                     }
+                    pool.retain(|p| p.index != c.index);
                 }
-            }
-            match failed {
-                Some(index) => pool.retain(|c| c.index != index),
-                None => return picks.iter().filter_map(|c| loaded.remove(&c.index)).collect(),
+                None => {
+                    return picks
+                        .iter()
+                        .filter_map(|c| tried.remove(&c.index).and_then(|r| r.ok()))
+                        .collect()
+                }
             }
         }
     }
 
-    /// Coverage selection over up to `max_candidates` evenly spaced frames.
+    /// Coverage selection over up to `max_candidates` evenly spaced frames (their depth read in
+    /// parallel; rejects in frame order, as one thread would give them).
     fn select_coverage(&mut self, pool: Vec<Candidate>, params: &CoverageParams) -> Vec<LoadedView> {
+        let considered: Vec<&Candidate> = select_uniform(pool.len(), params.max_candidates)
+            .into_iter()
+            .map(|i| &pool[i])
+            .collect();
+        let depths: Vec<Result<(Vec<[i32; 3]>, DepthStats)>> = considered
+            .par_iter()
+            .map(|c| {
+                let (depth, stats) = self.depth_stats(c.index)?;
+                let map = DepthMap::new(depth.width, depth.height, &depth.data, 1.0 / depth.depth_shift as f64)
+                    .expect("checked by depth_stats");
+                Ok((visible_voxels(&map, &self.k_depth, &c.c2w, params), stats))
+            })
+            .collect();
         let mut candidates: Vec<(Candidate, Vec<[i32; 3]>, DepthStats)> = Vec::new();
-        for i in select_uniform(pool.len(), params.max_candidates) {
-            let c = &pool[i];
-            match self.depth_stats(c.index) {
-                Ok((depth, stats)) => {
-                    let map = DepthMap::new(depth.width, depth.height, &depth.data, 1.0 / depth.depth_shift as f64)
-                        .expect("checked by depth_stats");
-                    let voxels = visible_voxels(&map, &self.k_depth, &c.c2w, params);
-                    candidates.push((c.clone(), voxels, stats));
-                }
+        for (c, result) in considered.into_iter().zip(depths) {
+            match result {
+                Ok((voxels, stats)) => candidates.push((c.clone(), voxels, stats)),
                 Err(e) => self.reject(&e),
             }
         }
-        let mut loaded: BTreeMap<u64, LoadedView> = BTreeMap::new();
+        let mut tried: BTreeMap<u64, Result<LoadedView>> = BTreeMap::new();
         loop {
             let voxels: Vec<Vec<[i32; 3]>> = candidates.iter().map(|(_, v, _)| v.clone()).collect();
             let picks = select_coverage(&voxels, self.opts.num_views);
-            let mut failed = None;
-            for &i in &picks {
-                let (c, _, stats) = &candidates[i];
-                if loaded.contains_key(&c.index) {
-                    continue;
-                }
-                let (c, stats) = (c.clone(), stats.clone());
-                match self.load(&c, Some(stats)) {
-                    Ok(v) => {
-                        loaded.insert(c.index, v);
-                    }
-                    Err(e) => {
+            self.load_missing(
+                picks.iter().map(|&i| (&candidates[i].0, Some(candidates[i].2.clone()))),
+                &mut tried,
+            );
+            match picks.iter().position(|&i| tried[&candidates[i].0.index].is_err()) {
+                Some(k) => {
+                    let i = picks[k];
+                    if let Some(Err(e)) = tried.remove(&candidates[i].0.index) {
                         self.reject(&e);
-                        failed = Some(i);
-                        break;
                     }
-                }
-            }
-            match failed {
-                Some(i) => {
                     candidates.remove(i);
                 }
                 None => {
                     return picks
                         .iter()
-                        .filter_map(|&i| loaded.remove(&candidates[i].0.index))
+                        .filter_map(|&i| tried.remove(&candidates[i].0.index).and_then(|r| r.ok()))
                         .collect()
                 }
             }
@@ -2039,7 +2107,7 @@ mod tests {
             (pose, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [0, 1000, 2000, 65535]),
             (bad, [0; 12], [5, 6, 7, 8]),
         ]);
-        let (mut r, digest) = SensReader::from_reader(Cursor::new(bytes.clone()), p(), true).unwrap();
+        let (r, digest) = SensReader::from_reader(Cursor::new(bytes.clone()), p(), true).unwrap();
         assert_eq!(digest.unwrap(), <[u8; 32]>::from(Sha256::digest(&bytes)));
         assert_eq!(r.header().sensor_name, "abc");
         assert_eq!(r.header().intrinsic_depth[0][0], 3.0);
@@ -2057,6 +2125,89 @@ mod tests {
         assert_eq!(e.to_string(), "t: frame 2: no such frame (the file has 2)");
     }
 
+    /// Views are decoded in parallel, but a frame that fails is rejected only when loading one
+    /// frame at a time (the picks in order, stopping at the first failure, then selecting again
+    /// without it) would have tried it: the same rejects and views on any number of threads.
+    #[test]
+    fn failed_frames_are_rejected_as_one_at_a_time_loading_would() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = roomplan_synth::SynthConfig {
+            num_scenes: 1,
+            frames_per_scene: 12,
+            scannet_color_size: (64, 48),
+            scannet_depth_size: (32, 24),
+            scannet_format: roomplan_synth::ScannetFormat::Sens,
+            ..roomplan_synth::SynthConfig::default()
+        };
+        roomplan_synth::generate(&cfg, tmp.path()).unwrap();
+        let root = InputRoot::new("scannet", &tmp.path().join("scannet")).unwrap();
+        let scene = std::fs::read_dir(root.dir.join("scans"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .file_name()
+            .into_string()
+            .unwrap();
+        let sens = root.dir.join("scans").join(&scene).join(format!("{scene}.sens"));
+        // 12 frames, 4 views: the picks are frames 0 4 7 11; without 0, 1 4 8 11; without 0 and 4,
+        // 1 5 8 11. Frame 7 is decoded (and fails) in the first round, but one-at-a-time loading
+        // stops at frame 0 and never picks 7 again: it is not a reject.
+        let offsets: Vec<u64> = SensReader::open(&sens).unwrap().frames().iter().map(|f| f.color_offset).collect();
+        let mut bytes = std::fs::read(&sens).unwrap();
+        for frame in [0, 4, 7] {
+            let at = offsets[frame] as usize;
+            bytes[at..at + 16].fill(0);
+        }
+        std::fs::write(&sens, &bytes).unwrap();
+        let opts = ViewOptions {
+            num_views: 4,
+            ..ViewOptions::default()
+        };
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let prepared = pool.install(|| prepare_scene(&root, None, &scene, &opts)).unwrap();
+            let rejected: Vec<&str> = prepared.rejects.iter().map(|r| r.record.as_str()).collect();
+            assert_eq!(rejected, ["frame 0", "frame 4"], "{threads} threads: {:?}", prepared.rejects);
+            let views: Vec<&str> = prepared.record.views.iter().map(|v| v.frame_id.as_str()).collect();
+            assert_eq!(views, ["1", "5", "8", "11"], "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn depth_inflate_checks_the_stream_and_its_length() {
+        let zlib = |raw: &[u8]| {
+            let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            io::Write::write_all(&mut z, raw).unwrap();
+            z.finish().unwrap()
+        };
+        let raw: Vec<u8> = (0..200u32).map(|i| (i * 7 % 251) as u8).collect();
+        let inflate = |z: &[u8]| {
+            let mut out = [0u8; 201];
+            inflate_depth(z, &mut out).map(|n| out[..n].to_vec())
+        };
+        assert_eq!(inflate(&zlib(&raw)).unwrap(), raw);
+        // Shorter than expected, or one byte longer: inflated as is (the caller names both sizes).
+        assert_eq!(inflate(&zlib(&raw[..150])).unwrap(), &raw[..150]);
+        let long: Vec<u8> = raw.iter().copied().cycle().take(1000).collect();
+        assert_eq!(inflate(&zlib(&long[..201])).unwrap(), &long[..201]);
+        // Longer still: refused without inflating the rest.
+        assert_eq!(
+            inflate(&zlib(&long)).unwrap_err(),
+            "depth inflates to more than 200 bytes"
+        );
+        // Cut short, a flipped checksum byte, not zlib at all.
+        let z = zlib(&raw);
+        let mut flipped = z.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        for bad in [&z[..z.len() - 6], &flipped[..], &b"not a zlib stream"[..]] {
+            assert_eq!(
+                inflate(bad).unwrap_err(),
+                "bad zlib depth: corrupt or truncated zlib stream"
+            );
+        }
+    }
+
     #[test]
     fn sens_truncation_names_the_frame() {
         let pose = [0f32; 16];
@@ -2064,7 +2215,7 @@ mod tests {
         // Cut inside the second frame's colour payload: frame 0 stays readable.
         let cut = bytes.len() - 8 - 20;
         for hash in [false, true] {
-            let (mut r, digest) = SensReader::from_reader(Cursor::new(bytes[..cut].to_vec()), p(), hash).unwrap();
+            let (r, digest) = SensReader::from_reader(Cursor::new(bytes[..cut].to_vec()), p(), hash).unwrap();
             let msg = r.truncation().unwrap().to_string();
             assert!(msg.starts_with("t: frame 1: file truncated"), "{msg}");
             assert_eq!(r.frames().len(), 1);

@@ -15,7 +15,7 @@ fn sens_and_export_agree_with_each_other_and_the_truth() {
     for scene in truth["scenes"].as_array().unwrap() {
         let id = scene["scene_id"].as_str().unwrap();
         let dir = raw.join("scannet/scans").join(id);
-        let mut sens = SensReader::open(&dir.join(format!("{id}.sens"))).unwrap();
+        let sens = SensReader::open(&dir.join(format!("{id}.sens"))).unwrap();
         let export = ExportScan::open(&dir).unwrap();
         // Unpadded names sort numerically: 0, 1, ..., 9, 10, 11.
         let indices: Vec<u64> = export.frames.iter().map(|f| f.index).collect();

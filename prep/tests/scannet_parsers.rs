@@ -53,7 +53,7 @@ fn valid_sens(frames: usize) -> Vec<u8> {
 
 /// Opens and decodes every frame; returns how many frames decoded. Must never panic.
 fn exercise_sens(bytes: Vec<u8>) -> Result<usize, ScanNetError> {
-    let (mut reader, _) = SensReader::from_reader(Cursor::new(bytes), file(), true)?;
+    let (reader, _) = SensReader::from_reader(Cursor::new(bytes), file(), true)?;
     let mut ok = 0;
     for i in 0..reader.frames().len() as u64 {
         let colour = reader.decode_color(i);

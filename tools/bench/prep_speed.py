@@ -15,12 +15,17 @@ and reports medians of wall time and CPU time (user + system, from wait4's rusag
 views per second per CPU-second, ratios against the Python peer, and peak RSS. Each run's output
 folder is removed after it. With --others, prep-sqa3d and prep-arkit are timed too (first and
 again, 1 and 2 threads; no Python peer); with --memory, peak RSS of prep-scanqa on 10 and on 40
-scenes (2 threads).
+scenes (2 threads). With --pair, also "rust first 2×t1 halves": two single-thread prep-scanqa
+processes at once, each on half the scenes (--num-shards 2), whose CPU time against one
+single-thread process on all scenes measures what running both cores costs the machine itself
+(shared caches, memory bandwidth, clocks), apart from anything in prep-scanqa's threading.
 
 usage: python3 tools/bench/prep_speed.py [--scenes 20] [--frames 300] [--rounds 3] [--work DIR]
-       [--scratch DIR] [--python /work/venv-bench/bin/python] [--others] [--memory] [--no-build]
+       [--scratch DIR] [--python /work/venv-bench/bin/python] [--others] [--memory] [--pair] [--no-build]
        [--baseline DIR]
-The raw set is generated once into WORK/raw (kept between invocations; delete WORK to start over).
+The raw set is generated once into WORK/raw-SCENESxFRAMES (kept between invocations; delete it to
+start over); outputs and hash caches go to SCRATCH (default WORK), so WORK can be a shared,
+read-only set.
 """
 
 import argparse
@@ -70,11 +75,12 @@ def main():
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "roomplan_prep_speed"))
-    ap.add_argument("--scratch", metavar="DIR",
-                    help="where hash caches and outputs go (default: WORK); lets several runs share one WORK's raw set")
+    ap.add_argument("--scratch", help="folder for outputs and hash caches [default: --work]")
     ap.add_argument("--python", default="/work/venv-bench/bin/python")
     ap.add_argument("--others", action="store_true", help="also prep-sqa3d and prep-arkit")
     ap.add_argument("--memory", action="store_true", help="peak RSS on 10 vs 40 scenes")
+    ap.add_argument("--pair", action="store_true",
+                    help="also two single-thread processes at once on half the scenes each")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--baseline", metavar="DIR",
                     help="also time the prep-scanqa in DIR (e.g. a build of an older commit) as 'base'")
@@ -141,6 +147,34 @@ def main():
         "py draft first": lambda: py(FIRST_ARGS, True),
         "py draft again": lambda: py(AGAIN_ARGS, True),
     }
+    def rust_pair():
+        """Two single-thread processes at once, each on half the scenes (a fresh cache each)."""
+        start = time.monotonic()
+        procs, outs = [], []
+        for part in (0, 1):
+            out = tempfile.mkdtemp(dir=scratch, prefix="out-")
+            env = dict(os.environ, ROOMPLAN_CACHE_DIR=fresh_cache())
+            cmd = [binary("prep-scanqa"), *scanqa_roots, "--out", out, "--overwrite", "--threads", "1",
+                   "--num-shards", "2", "--shard-index", str(part), *FIRST_ARGS]
+            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            outs.append(out)
+        cpu, rss = 0.0, 0.0
+        for p in procs:
+            err = p.stderr.read()
+            _, status, ru = os.wait4(p.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                log(f"FAILED: prep-scanqa half\n{err.decode()[-3000:]}")
+                sys.exit(1)
+            cpu += ru.ru_utime + ru.ru_stime
+            rss = max(rss, ru.ru_maxrss / 1024.0)
+        wall = time.monotonic() - start
+        views = sum(count_views(o) for o in outs)
+        for o in outs:
+            shutil.rmtree(o)
+        return wall, cpu, rss, views
+
+    if args.pair:
+        variants["rust first 2×t1 halves"] = rust_pair
     if args.baseline:
         base = os.path.join(args.baseline, "prep-scanqa")
         variants["base first t1"] = lambda: rust("prep-scanqa", FIRST_ARGS, 1, fresh_cache(), scanqa_roots, base)
@@ -178,6 +212,10 @@ def main():
     for phase in ("first", "again"):
         t1, t2 = med(f"rust {phase} t1", 0), med(f"rust {phase} t2", 0)
         print(f"rust {phase}: 1 → 2 threads wall speed-up {t1 / t2:.2f}×")
+    if args.pair:
+        t1, pair = med("rust first t1", 1), med("rust first 2×t1 halves", 1)
+        print(f"rust first: CPU of two single-thread halves at once / one single-thread run: "
+              f"{pair / t1:.3f} (with 2 threads: {med('rust first t2', 1) / t1:.3f})")
     for phase in ("first", "again"):
         r = per_cpu[f"rust {phase} t1"]
         print(f"rust {phase} t1 per CPU-s: {r / per_cpu[f'py {phase}']:.2f}× py, "
