@@ -1168,7 +1168,7 @@ impl ScanSource {
 
     /// The frame's colour as JPEG bytes when it is stored as a JPEG (always for an export; for a
     /// `.sens`, when its header says so), for decoding at a reduced DCT scale.
-    pub fn color_jpeg(&mut self, index: u64) -> Result<Option<Vec<u8>>> {
+    pub fn color_jpeg(&self, index: u64) -> Result<Option<Vec<u8>>> {
         match self {
             ScanSource::Sens(r) if r.header().color_compression == ColorCompression::Jpeg => {
                 r.color_bytes(index).map(Some)
