@@ -39,6 +39,22 @@ fn padded_rows(tk: usize) -> Vec<Vec<bool>> {
 
 /// Runs fused and composite attention on the same variables, a weighted-sum loss on each, and
 /// compares outputs and the gradients of q, k and v.
+/// The attention output and the gradients of q, k and v under the loss `sum(out · weights)`.
+fn attention_grads(
+    out: Tensor,
+    weights: &Tensor,
+    [q, k, v]: [&Var; 3],
+) -> (Tensor, Tensor, Tensor, Tensor) {
+    let grads = (&out * weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g = |x: &Var| grads.get(x.as_tensor()).unwrap().clone();
+    (out, g(q), g(k), g(v))
+}
+
 fn check_attention(hq: usize, hkv: usize, tq: usize, tk: usize, d: usize, seed: u64) {
     let b = 3;
     let mask = KeyMask::new(padded_rows(tk), tk - tq).unwrap();
@@ -55,14 +71,7 @@ fn check_attention(hq: usize, hkv: usize, tq: usize, tk: usize, d: usize, seed: 
             let bias = mask.bias(&Device::Cpu).unwrap();
             kernels::attention_composite(&q, &k, &v, &bias, scale).unwrap()
         };
-        let grads = (&out * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g = |x: &Var| grads.get(x.as_tensor()).unwrap().clone();
-        (out, g(&q), g(&k), g(&v))
+        attention_grads(out, &weights, [&q, &k, &v])
     };
     let (out_f, gq_f, gk_f, gv_f) = run(true);
     let (out_c, gq_c, gk_c, gv_c) = run(false);
@@ -565,14 +574,7 @@ fn check_attention_v_by_token(hq: usize, hkv: usize, tq: usize, tk: usize, d: us
             let bias = mask.bias(&Device::Cpu).unwrap();
             kernels::attention_composite(&q, &k, &v_heads, &bias, scale).unwrap()
         };
-        let grads = (&out * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g = |x: &Var| grads.get(x.as_tensor()).unwrap().clone();
-        (out, g(&q), g(&k), g(&v))
+        attention_grads(out, &weights, [&q, &k, &v])
     };
     let (out_f, gq_f, gk_f, gv_f) = run(true);
     let (out_c, gq_c, gk_c, gv_c) = run(false);

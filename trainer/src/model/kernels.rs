@@ -1165,10 +1165,8 @@ pub fn rms_norm_rope(
     heads: usize,
 ) -> candle_core::Result<Tensor> {
     let (b, t, hd) = x.dims3()?;
-    if heads == 0 || !hd.is_multiple_of(heads) {
-        candle_core::bail!("rms_norm_rope: {hd} values per position for {heads} heads");
-    }
-    let x4 = || x.reshape((b, t, heads, hd / heads));
+    let d = rms_norm_rope_head_size(hd, heads)?;
+    let x4 = || x.reshape((b, t, heads, d));
     if !is_cpu_f32(&[x, weight, cos, sin]) {
         return rope_composite(&rms_norm_composite(&x4()?, weight, eps)?, cos, sin);
     }
@@ -1176,6 +1174,14 @@ pub fn rms_norm_rope(
         return rope(&rms_norm(&x4()?, weight, eps)?, cos, sin);
     }
     rms_norm_rope_fused(x, weight, eps, cos, sin, heads)
+}
+
+/// The values per head when `hd` values per position split into `heads` heads.
+fn rms_norm_rope_head_size(hd: usize, heads: usize) -> candle_core::Result<usize> {
+    if heads == 0 || !hd.is_multiple_of(heads) {
+        candle_core::bail!("rms_norm_rope: {hd} values per position for {heads} heads");
+    }
+    Ok(hd / heads)
 }
 
 /// The fused [`rms_norm_rope`] on any device (errors off the CPU / f32): exposed for tests.
@@ -1188,10 +1194,7 @@ pub fn rms_norm_rope_fused(
     heads: usize,
 ) -> candle_core::Result<Tensor> {
     let (b, t, hd) = x.dims3()?;
-    if heads == 0 || !hd.is_multiple_of(heads) {
-        candle_core::bail!("rms_norm_rope: {hd} values per position for {heads} heads");
-    }
-    let d = hd / heads;
+    let d = rms_norm_rope_head_size(hd, heads)?;
     if weight.dims() != [d] {
         candle_core::bail!(
             "rms_norm_rope: weight {:?} for heads of {d}",
