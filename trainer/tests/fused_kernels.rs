@@ -55,6 +55,19 @@ fn attention_grads(
     (out, g(q), g(k), g(v))
 }
 
+/// The fused attention's output and q/k/v gradients against the composite's: output within 1e-6,
+/// gradients within 2e-6 and not (nearly) zero.
+fn assert_attention_close(ctx: &str, fused: [&Tensor; 4], composite: [&Tensor; 4]) {
+    let d = diff(fused[0], composite[0]);
+    assert!(d <= 1e-6, "{ctx}: output {d}");
+    for (i, name) in ["q", "k", "v"].into_iter().enumerate() {
+        let (f, c) = (fused[i + 1], composite[i + 1]);
+        let dd = diff(f, c);
+        assert!(dd <= 2e-6, "{ctx}: grad {name} differs by {dd}");
+        assert!(abs_max(c) > 1e-2, "{ctx}: grad {name} is (nearly) zero");
+    }
+}
+
 fn check_attention(hq: usize, hkv: usize, tq: usize, tk: usize, d: usize, seed: u64) {
     let b = 3;
     let mask = KeyMask::new(padded_rows(tk), tk - tq).unwrap();
@@ -77,20 +90,11 @@ fn check_attention(hq: usize, hkv: usize, tq: usize, tk: usize, d: usize, seed: 
     let (out_c, gq_c, gk_c, gv_c) = run(false);
     assert_eq!(out_f.dims(), [b, tq, hq * d]);
     let ctx = format!("hq {hq} hkv {hkv} tq {tq} tk {tk} d {d}");
-    assert!(
-        diff(&out_f, &out_c) <= 1e-6,
-        "{ctx}: output {}",
-        diff(&out_f, &out_c)
+    assert_attention_close(
+        &ctx,
+        [&out_f, &gq_f, &gk_f, &gv_f],
+        [&out_c, &gq_c, &gk_c, &gv_c],
     );
-    for (name, f, c) in [
-        ("q", &gq_f, &gq_c),
-        ("k", &gk_f, &gk_c),
-        ("v", &gv_f, &gv_c),
-    ] {
-        let dd = diff(f, c);
-        assert!(dd <= 2e-6, "{ctx}: grad {name} differs by {dd}");
-        assert!(abs_max(c) > 1e-2, "{ctx}: grad {name} is (nearly) zero");
-    }
 }
 
 #[test]
@@ -581,20 +585,11 @@ fn check_attention_v_by_token(hq: usize, hkv: usize, tq: usize, tk: usize, d: us
     let ctx = format!("hq {hq} hkv {hkv} tq {tq} tk {tk} d {d}");
     assert_eq!(out_f.dims(), [b, tq, hq * d]);
     assert_eq!(gv_f.dims(), [b, tk, hkv * d], "{ctx}");
-    assert!(
-        diff(&out_f, &out_c) <= 1e-6,
-        "{ctx}: output {}",
-        diff(&out_f, &out_c)
+    assert_attention_close(
+        &ctx,
+        [&out_f, &gq_f, &gk_f, &gv_f],
+        [&out_c, &gq_c, &gk_c, &gv_c],
     );
-    for (name, f, c) in [
-        ("q", &gq_f, &gq_c),
-        ("k", &gk_f, &gk_c),
-        ("v", &gv_f, &gv_c),
-    ] {
-        let dd = diff(f, c);
-        assert!(dd <= 2e-6, "{ctx}: grad {name} differs by {dd}");
-        assert!(abs_max(c) > 1e-2, "{ctx}: grad {name} is (nearly) zero");
-    }
     // The same bits as the heads-first kernel on the transposed copy.
     let v_heads = v
         .as_tensor()
