@@ -14,13 +14,7 @@ if ! command -v java >/dev/null 2>&1; then
   apt-get update -qq
   apt-get install -y -qq default-jre-headless >/dev/null
 fi
-if ! command -v cmake >/dev/null 2>&1 || ! command -v nasm >/dev/null 2>&1; then
-  # turbojpeg-sys builds libjpeg-turbo (prep's JPEG codec) from source with cmake, and its SIMD with nasm.
-  echo "installing cmake, nasm (apt)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq cmake nasm >/dev/null
-fi
+bash "$(dirname "$0")/install_build_tools.sh"
 if ! command -v nix >/dev/null 2>&1 || ! command -v nix-instantiate >/dev/null 2>&1; then
   echo "installing nix-bin (apt)"
   export DEBIAN_FRONTEND=noninteractive

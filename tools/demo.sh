@@ -19,6 +19,7 @@ if [ -n "${ROOMPLAN_BIN:-}" ]; then
   bin="$ROOMPLAN_BIN"   # binaries built already (CI)
 else
   echo "==> building (dev profile: dependencies are optimised, see Cargo.toml)"
+  bash ci/install_build_tools.sh
   cargo build --locked -p roomplan-synth -p roomplan-prep -p roomplan-tools -p roomplan-trainer --bins
   bin="$target/debug"
 fi
