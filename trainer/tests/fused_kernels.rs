@@ -3,6 +3,7 @@
 //! head sizes that are not multiples of the kernels' 8-lane loops. The whole Qwen3 + LoRA loss and
 //! its gradients with the kernels on and off: `qwen3_grads.rs`.
 
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use roomplan_trainer::model::kernels::{self, KeyMask};
@@ -39,18 +40,24 @@ fn padded_rows(tk: usize) -> Vec<Vec<bool>> {
 
 /// Runs fused and composite attention on the same variables, a weighted-sum loss on each, and
 /// compares outputs and the gradients of q, k and v.
+/// The gradients of the loss `sum(y · weights)`: weights drawn at random make every output element
+/// count differently, so a wrong gradient anywhere shows.
+fn weighted_backward(y: &Tensor, weights: &Tensor) -> GradStore {
+    (y * weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap()
+}
+
 /// The attention output and the gradients of q, k and v under the loss `sum(out · weights)`.
 fn attention_grads(
     out: Tensor,
     weights: &Tensor,
     [q, k, v]: [&Var; 3],
 ) -> (Tensor, Tensor, Tensor, Tensor) {
-    let grads = (&out * weights)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let grads = weighted_backward(&out, weights);
     let g = |x: &Var| grads.get(x.as_tensor()).unwrap().clone();
     (out, g(q), g(k), g(v))
 }
@@ -189,12 +196,7 @@ fn check_rms_norm(shape: &[usize], seed: u64) {
         } else {
             kernels::rms_norm_composite(&x, &w, 1e-6).unwrap()
         };
-        let grads = (&y * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = weighted_backward(&y, &weights);
         let gx = grads.get(x.as_tensor()).unwrap().clone();
         let gw = grads.get(w.as_tensor()).unwrap().clone();
         (y, gx, gw)
@@ -266,12 +268,7 @@ fn check_swiglu(shape: &[usize], seed: u64) {
         } else {
             kernels::swiglu_composite(&gate, &up).unwrap()
         };
-        let grads = (&y * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = weighted_backward(&y, &weights);
         let g = |x: &Var| grads.get(x.as_tensor()).unwrap().clone();
         (y, g(&gate), g(&up))
     };
@@ -357,12 +354,7 @@ fn check_rope(b: usize, t: usize, h: usize, d: usize, per_row_tables: bool, seed
         } else {
             kernels::rope_composite(&x, &cos, &sin).unwrap()
         };
-        let grads = (&y * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = weighted_backward(&y, &weights);
         (y, grads.get(x.as_tensor()).unwrap().clone())
     };
     let (y_f, g_f) = run(true);
@@ -448,12 +440,7 @@ fn check_lora_linear(lead: &[usize], (inp, out, r): (usize, usize, usize), seed:
             kernels::lora_linear_composite
         };
         let y = f(&x, &w, &a, &b, scaling).unwrap();
-        let grads = (&y * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = weighted_backward(&y, &weights);
         assert!(
             grads.get(&w).is_none(),
             "fused {fused}: the frozen weight got a gradient"
@@ -498,12 +485,7 @@ fn linear_matches_frozen_linear_and_spares_the_weight() {
             } else {
                 roomplan_trainer::model::frozen::linear(&x, &w).unwrap()
             };
-            let grads = (&y * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let grads = weighted_backward(&y, &weights);
             assert!(
                 grads.get(&w).is_none(),
                 "fused {fused}: the frozen weight got a gradient"
@@ -649,12 +631,7 @@ fn check_rms_norm_rope(b: usize, t: usize, h: usize, d: usize, per_row_tables: b
             )
             .unwrap(),
         };
-        let grads = (&y * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = weighted_backward(&y, &weights);
         assert!(grads.get(&w).is_none());
         (y, grads.get(x.as_tensor()).unwrap().clone())
     };
@@ -725,12 +702,7 @@ fn check_swiglu_mlp_input(lead: &[usize], (inp, inter): (usize, usize), seed: u6
             let frozen = roomplan_trainer::model::frozen::linear;
             kernels::swiglu_composite(&frozen(&x, &wg).unwrap(), &frozen(&x, &wu).unwrap()).unwrap()
         };
-        let grads = (&y * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let grads = weighted_backward(&y, &weights);
         assert!(grads.get(&wg).is_none() && grads.get(&wu).is_none());
         (y, grads.get(x.as_tensor()).unwrap().clone())
     };
