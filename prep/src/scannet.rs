@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::hash_cache::{FileStamp, HashCache};
 use crate::imaging::{decode_jpeg, decode_jpeg_for_resize, jpeg_size, ImagingError};
 
 use crate::geometry::{
@@ -1106,26 +1105,6 @@ impl ScanSource {
         }
     }
 
-    /// Like [`ScanSource::open`] with hashing, but a `.sens` whose digest `cache` remembers (same
-    /// path, size, mtime and inode) is only indexed, not read through sha256; a digest computed
-    /// here is added to the cache. The digest (hex) is the same either way.
-    pub fn open_cached(scan_dir: &Path, scene: &str, cache: &HashCache) -> Result<(Self, Option<String>)> {
-        match detect_scan_form(scan_dir, scene)? {
-            ScanForm::Sens(path) => {
-                let stamp = FileStamp::of(&path)
-                    .map_err(|e| ScanNetError::io(&path, io::Error::other(format!("{e:#}"))))?;
-                if let Some(sha256) = cache.lookup(&stamp) {
-                    return Ok((ScanSource::Sens(Box::new(SensReader::open(&path)?)), Some(sha256)));
-                }
-                let (r, d) = SensReader::open_hashed(&path)?;
-                let sha256 = hex::encode(d);
-                cache.record(&stamp, &sha256);
-                Ok((ScanSource::Sens(Box::new(r)), Some(sha256)))
-            }
-            ScanForm::Export(dir) => Ok((ScanSource::Export(ExportScan::open(&dir)?), None)),
-        }
-    }
-
     /// Every frame with its raw pose, in index order. For an export, pose files are read here,
     /// and a frame lacking its colour, depth or pose file is an error naming the missing file.
     pub fn frames(&self) -> Vec<ScanFrame> {
@@ -1532,6 +1511,17 @@ pub struct SceneFailure {
 }
 
 impl SceneFailure {
+    /// The failure of scene `scene_id` for `reject` (added to the scene's other rejects).
+    fn of_scene(scene_id: &str, mut rejects: Vec<Reject>, raw_inputs: Vec<RawInput>, reject: Reject) -> Self {
+        let reason = format!("scene {scene_id} could not be prepared: {}", reject.reason);
+        rejects.push(reject);
+        SceneFailure {
+            rejects,
+            raw_inputs,
+            reason,
+        }
+    }
+
     /// The output of a failed scene: its rejects plus one per sample, given as (file, record).
     pub fn into_output(self, samples: impl IntoIterator<Item = (String, String)>) -> SceneOutput {
         let mut rejects = self.rejects;
@@ -1805,15 +1795,7 @@ pub fn prepare_scene(
     let scan_dir = root.dir.join("scans").join(scene_id);
     let mut rejects = Vec::new();
     let mut raw_inputs = Vec::new();
-    let fail = |mut rejects: Vec<Reject>, raw_inputs, reject: Reject| {
-        let reason = format!("scene {scene_id} could not be prepared: {}", reject.reason);
-        rejects.push(reject);
-        SceneFailure {
-            rejects,
-            raw_inputs,
-            reason,
-        }
-    };
+    let fail = |rejects, raw_inputs, reject| SceneFailure::of_scene(scene_id, rejects, raw_inputs, reject);
     // With --scannet-exports, the scene's SensReader export there is its frame source; otherwise
     // the `.sens` or the export in `scans/<scene>/` (today's layouts).
     let export_dir = exports
@@ -1849,23 +1831,73 @@ pub fn prepare_scene(
             Err(e) => rejects.push(Reject::new(root.label(&meta_path), "whole file", e.to_string())),
         }
     }
-    let (source, digest) = match ScanSource::open_cached(&source_dir, scene_id, &root.hash_cache) {
-        Ok(x) => x,
+    // A `.sens` is indexed here (its frame headers, seeking over payloads) and hashed beside the
+    // rest of the scene's work: the sha256 pass over every byte is one serial stream, and run on
+    // its own it leaves the other workers idle at the end of a run (BENCHMARKS.md, issue 11).
+    let source = match ScanSource::open(&source_dir, scene_id, false) {
+        Ok((source, _)) => source,
         Err(e) => {
             let reject = Reject::new(source_root.label(e.file()), e.record(), e.reason());
             return Err(fail(rejects, raw_inputs, reject));
         }
     };
+    let sens_path = match &source {
+        ScanSource::Sens(r) => Some(r.path().to_path_buf()),
+        ScanSource::Export(_) => None,
+    };
+    // Where the `.sens` entry goes among the raw inputs (reject labels list them in order), and
+    // what the scene reports if hashing fails.
+    let sens_entry_at = raw_inputs.len();
+    let before_hashing = (rejects.clone(), raw_inputs.clone());
+    // The hash first on this thread, the views open to idle workers: at the end of a run the
+    // unsplittable stream is then not what is left.
+    let (digest, prepared) = rayon::join(
+        || sens_path.as_deref().map(|path| root.hash_cache.sha256(path).map(|(sha256, _)| (path, sha256))),
+        || select_and_store(root, source_root, &source_dir, scene_id, meta, &meta_path, source, opts, rejects, raw_inputs),
+    );
+    let sens_entry = match digest {
+        None => None,
+        Some(Ok((path, sha256))) => Some(RawInput {
+            path: source_root.label(path),
+            kind: RawInputKind::File,
+            sha256,
+            bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        }),
+        Some(Err(e)) => {
+            let path = sens_path.as_deref().expect("hashed only for a .sens");
+            let (rejects, raw_inputs) = before_hashing;
+            let reject = Reject::new(source_root.label(path), "whole file", format!("cannot hash: {e:#}"));
+            return Err(fail(rejects, raw_inputs, reject));
+        }
+    };
+    let mut prepared = prepared;
+    if let Some(entry) = sens_entry {
+        match &mut prepared {
+            Ok(p) => p.raw_inputs.insert(sens_entry_at, entry),
+            Err(f) => f.raw_inputs.insert(sens_entry_at, entry),
+        }
+    }
+    prepared
+}
+
+/// The part of [`prepare_scene`] after the scan is opened: header checks, pose validation, view
+/// selection and loading, the scene record.
+#[allow(clippy::too_many_arguments)]
+fn select_and_store(
+    root: &InputRoot,
+    source_root: &InputRoot,
+    source_dir: &Path,
+    scene_id: &str,
+    meta: Option<ScanMeta>,
+    meta_path: &Path,
+    source: ScanSource,
+    opts: &ViewOptions,
+    mut rejects: Vec<Reject>,
+    mut raw_inputs: Vec<RawInput>,
+) -> std::result::Result<PreparedScene, SceneFailure> {
+    let fail = |rejects, raw_inputs, reject| SceneFailure::of_scene(scene_id, rejects, raw_inputs, reject);
     match &source {
         ScanSource::Sens(r) => {
-            let bytes = std::fs::metadata(r.path()).map(|m| m.len()).unwrap_or(0);
-            let sha256 = digest.expect("a .sens is opened with its digest");
-            raw_inputs.push(RawInput {
-                path: source_root.label(r.path()),
-                kind: RawInputKind::File,
-                sha256,
-                bytes,
-            });
             if let Some(t) = r.truncation() {
                 let total = r.header().num_frames;
                 let kept = r.frames().len();
@@ -1893,7 +1925,7 @@ pub fn prepare_scene(
     }
     // The colour size every image must have, from the scan's own header or metadata; what the rest
     // of a file contradicts is rejected, not trusted.
-    let meta_label = root.label(&meta_path);
+    let meta_label = root.label(meta_path);
     let meta_camera = match meta.as_ref().map(ScanMeta::color_camera).transpose() {
         Ok(camera) => camera.flatten(),
         Err((record, reason)) => {
@@ -1970,7 +2002,7 @@ pub fn prepare_scene(
     let rejects = reader.rejects;
     let Some(first) = views.first() else {
         let reject = Reject::new(
-            source_root.label(&source_dir),
+            source_root.label(source_dir),
             scene_id,
             format!("no usable frame: none of its {total_frames} frames has a valid pose and decodable images"),
         );

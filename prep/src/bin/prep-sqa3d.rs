@@ -182,19 +182,23 @@ fn run(args: Args) -> Result<ExitCode> {
     let out = args.common.out_dir("sqa3d");
     let summary = run_scenes(&args.common, &out, tool, prelude, jobs, |job| {
         let samples = || job.data.iter().flat_map(Question::records);
-        let mut prepared =
-            match prepare_scene(&scannet, exports.as_ref(), &job.scene_id, &view_options) {
-                Ok(p) => p,
-                Err(failure) => return failure.into_output(samples()),
-            };
         // The situation frame is centred on the mesh's bounding box: without the mesh, no sample
-        // can be placed.
+        // can be placed. The mesh (tens of MB in ScanNet) is read and hashed beside the scene's
+        // views, as one more stream for an idle worker.
         let ply = scannet
             .dir
             .join("scans")
             .join(&job.scene_id)
             .join(format!("{}_vh_clean_2.ply", job.scene_id));
-        let centre = match read_ply_bounds_hashed(&ply) {
+        let (bounds, prepared) = rayon::join(
+            || read_ply_bounds_hashed(&ply),
+            || prepare_scene(&scannet, exports.as_ref(), &job.scene_id, &view_options),
+        );
+        let mut prepared = match prepared {
+            Ok(p) => p,
+            Err(failure) => return failure.into_output(samples()),
+        };
+        let centre = match bounds {
             Ok((bounds, sha256)) => {
                 prepared.raw_inputs.push(roomplan_prep::manifest::RawInput {
                     path: scannet.label(&ply),
@@ -300,5 +304,6 @@ fn add_bird_view(
 }
 
 fn main() -> ExitCode {
+    roomplan_prep::allocator::keep_freed_memory_for_reuse();
     exit_with(TOOL, run(Args::parse()))
 }
