@@ -12,6 +12,7 @@ pub mod geometry;
 pub mod imaging;
 pub mod pipeline;
 pub mod hash_cache;
+pub mod allocator;
 // ScanNet-based datasets (issue 3).
 pub mod scannet;
 pub mod scanqa;

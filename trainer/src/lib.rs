@@ -7,7 +7,7 @@
 //!   checkpoints, metrics and prediction;
 //! - [`parity`]: checks against golden tensors of the official implementations;
 //! - [`keep_candle_elementwise_on_caller`]: the binaries' CPU threading default;
-//! - [`keep_freed_memory_for_reuse`]: the binaries' allocator setting for training on the CPU.
+//! - [`keep_freed_memory_for_reuse`]: the binaries' allocator setting (from roomplan-prep, whose binaries use it too).
 
 pub mod model;
 pub mod parity;
@@ -30,30 +30,4 @@ pub fn keep_candle_elementwise_on_caller() {
     }
 }
 
-/// Keeps freed heap memory in the process for the next allocations instead of handing it back to
-/// the kernel (glibc on Linux; elsewhere a no-op), unless `GLIBC_TUNABLES` sets malloc options.
-///
-/// A train step allocates and frees the same activation and gradient buffers (1–8 MiB each in
-/// the step bench) hundreds of times: candle's backward makes a zero-filled gradient and a sum for
-/// every graph edge, and every op a new output. glibc serves blocks of ≥ 128 KiB (its adaptive
-/// threshold) with fresh `mmap`s and trims the heap's top above 128 KiB, so each of them costs
-/// page faults, the kernel's page clearing and memory-cgroup charging, and `munmap` on free — on
-/// the calling thread, mostly the main thread that runs the backward's bookkeeping alone.
-/// `perf` of the Qwen3 + LoRA step at 2 threads (BENCHMARKS.md, 2026-12-02): page-fault handling
-/// 17 % of all samples; with the thresholds raised the main thread's CPU time per step fell from
-/// ≈ 120 to ≈ 65 ms, for 7 MiB more peak RSS. Blocks above 32 MiB (glibc's ceiling for the mmap
-/// threshold: 4B-model weights, large logits) are still mapped and unmapped each time.
-pub fn keep_freed_memory_for_reuse() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let tuned = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."));
-        if !tuned {
-            // SAFETY: mallopt only sets allocator parameters; it is called before the binaries
-            // start other threads or allocate the model.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-            }
-        }
-    }
-}
+pub use roomplan_prep::allocator::keep_freed_memory_for_reuse;

@@ -146,5 +146,6 @@ fn run(args: Args) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    roomplan_prep::allocator::keep_freed_memory_for_reuse();
     exit_with(TOOL, run(Args::parse()))
 }
