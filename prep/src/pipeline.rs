@@ -3,9 +3,10 @@
 //! A binary parses its own raw-root arguments plus [`CommonArgs`], reads its small inputs (question
 //! files) into a [`Prelude`] and a list of [`SceneJob`]s, and hands both to [`run_scenes`] with a
 //! per-scene function. That function turns one scene into a [`SceneOutput`] (scene row, sample rows,
-//! rejects, raw inputs read) and is run on a rayon pool, as many scenes at a time as there are
-//! workers; a scene's own parallel work (decoding its views) spreads over idle workers, so the last
-//! scenes do not leave a worker idle. Results are written in scene-id order through a bounded
+//! rejects, raw inputs read) and is run as many scenes at a time as there are threads; a scene's own
+//! parallel work (hashing its raw stream, decoding its views) goes to a rayon pool of as many
+//! workers, so a core that has no scene of its own helps another and the last scenes do not leave
+//! one idle. Results are written in scene-id order through a bounded
 //! reorder window, so memory stays bounded by (2 × threads) scenes whatever the dataset size, and
 //! the output does not depend on the thread count. `--shard-index/--num-shards` keeps the scenes whose id hashes to this part.
 
@@ -472,6 +473,7 @@ pub fn run_scenes<T: Sync>(
         .expect("the template is valid"),
     );
     progress.set_prefix(tool.name.clone());
+    start_worker_pool(args.threads());
     run_ordered(&jobs, args.threads(), &process, |i, out: SceneOutput| {
         writer.rejects().extend(out.rejects);
         // The readers check what they read; this is the last gate before the shards: a scene or
@@ -585,6 +587,17 @@ pub fn merge_arguments(common: &CommonArgs, own: serde_json::Value) -> serde_jso
     args
 }
 
+/// Sizes rayon's global pool, which runs the scenes' parallel work ([`run_ordered`]), to `threads`
+/// workers named `prep-worker-N`. The pool can be started once per process: if it already runs
+/// (an earlier run in the same process, or rayon used before), it is kept as it is, which changes
+/// the speed but never the output.
+pub fn start_worker_pool(threads: usize) {
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .thread_name(|i| format!("prep-worker-{i}"))
+        .build_global();
+}
+
 struct OrderState<R> {
     next_claim: usize,
     next_write: usize,
@@ -593,15 +606,18 @@ struct OrderState<R> {
     stop: bool,
 }
 
-/// Maps `process` over `jobs` on a pool of `threads` rayon workers and hands the results to
-/// `write` in job order. At most `2 × threads` jobs run ahead of the writer, which bounds memory.
-/// A panic in `process` or an error from `write` stops the run and is returned.
+/// Maps `process` over `jobs`, `threads` jobs at a time, and hands the results to `write` in job
+/// order. At most `2 × threads` jobs run ahead of the writer, which bounds memory. A panic in
+/// `process` or an error from `write` stops the run and is returned.
 ///
-/// `process` may use rayon itself (`par_iter`, `join`): it runs on the pool, whose idle workers
-/// then help. The jobs are claimed, and the window waited for, by `threads` plain threads that
-/// hand one job at a time to the pool (`install`) — never by a pool worker: a worker waiting in a
-/// nested `join` runs other queued jobs meanwhile, and one that then blocked on the window (full
-/// until the job below it on its own stack is written) would never return.
+/// The jobs run on `threads` plain threads of their own, never on a rayon pool; what `process`
+/// does in parallel (`par_iter`, `join`) goes to rayon's global pool ([`start_worker_pool`]),
+/// whose workers then only ever hold pieces of jobs. A pool worker waiting in a nested `join` runs
+/// other queued work meanwhile: were whole jobs queued there, it could start the next scene while
+/// the one below it on its stack waited for that scene to end — the writer then waits too, the
+/// window fills and cores sit idle (`prep-arkit` at 2 threads: 0.12–0.86 core-s idle in a
+/// 1.7–2.5 s run with the jobs on the pool, 0.08–0.16 with them off it; BENCHMARKS.md, issue 11),
+/// and a worker that blocked on the full window there would never return.
 pub fn run_ordered<J: Sync, R: Send>(
     jobs: &[J],
     threads: usize,
@@ -619,11 +635,6 @@ pub fn run_ordered<J: Sync, R: Send>(
     });
     let changed = Condvar::new();
     let lock = || state.lock().unwrap_or_else(|poison| poison.into_inner());
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("prep-worker-{i}"))
-        .build()
-        .context("starting the worker threads")?;
     let claim = || loop {
         let index = {
             let mut st = lock();
@@ -641,7 +652,7 @@ pub fn run_ordered<J: Sync, R: Send>(
             st.next_claim += 1;
             st.next_claim - 1
         };
-        let result = pool.install(|| catch_unwind(AssertUnwindSafe(|| process(&jobs[index]))));
+        let result = catch_unwind(AssertUnwindSafe(|| process(&jobs[index])));
         let mut st = lock();
         match result {
             Ok(r) => {
@@ -663,7 +674,7 @@ pub fn run_ordered<J: Sync, R: Send>(
     std::thread::scope(|scope| {
         for i in 0..threads.min(jobs.len()) {
             let started = std::thread::Builder::new()
-                .name(format!("prep-claim-{i}"))
+                .name(format!("prep-scene-{i}"))
                 .spawn_scoped(scope, claim);
             if let Err(e) = started {
                 // The threads already started stop at their next claim instead of waiting on a
@@ -785,6 +796,35 @@ mod tests {
             .map(|j| (j, (0..8).map(|k| j * 8 + k).sum()))
             .collect();
         assert_eq!(seen, expected);
+    }
+
+    /// A job's nested parallel work never runs another job below it on the same thread's stack
+    /// (which would hold the first job until the second ends): jobs with uneven nested pieces, so
+    /// that workers wait in joins and go looking for other work.
+    #[test]
+    fn no_job_runs_nested_inside_another() {
+        use rayon::prelude::*;
+        use std::cell::Cell;
+        thread_local!(static IN_JOB: Cell<bool> = const { Cell::new(false) });
+        start_worker_pool(2);
+        let jobs: Vec<u64> = (0..40).collect();
+        let nested = AtomicUsize::new(0);
+        let work = |j: &u64| -> u64 {
+            if IN_JOB.with(|f| f.replace(true)) {
+                nested.fetch_add(1, Ordering::SeqCst);
+            }
+            let sum = (0..6u64)
+                .into_par_iter()
+                .map(|k| {
+                    std::thread::sleep(std::time::Duration::from_micros((j * 13 + k * 29) % 11 * 200));
+                    j + k
+                })
+                .sum();
+            IN_JOB.with(|f| f.set(false));
+            sum
+        };
+        run_ordered(&jobs, 2, &work, |_, _| Ok(())).unwrap();
+        assert_eq!(nested.load(Ordering::SeqCst), 0, "jobs started inside other jobs");
     }
 
     #[test]
