@@ -14,8 +14,8 @@
 /// Measured (BENCHMARKS.md, 2026-12-02): the Qwen3 + LoRA step at 2 threads spent 17 % of its
 /// samples handling page faults, and with the thresholds raised the main thread's CPU per step
 /// fell from ≈ 120 to ≈ 65 ms for 7 MiB more peak RSS; `prep-scanqa` at 2 threads on 20 full-size
-/// scans takes 3 800 page faults instead of 7 500–9 400 and ≈ 0.05 s less system time, for ≈ 1 MiB
-/// more peak RSS. Blocks above 32 MiB (glibc's ceiling for the mmap threshold: 4B-model weights,
+/// scans takes 3 600–3 800 page faults instead of 7 500–9 400 and up to 0.05 s less system time,
+/// for ≈ 0.7 MiB more peak RSS. Blocks above 32 MiB (glibc's ceiling for the mmap threshold: 4B-model weights,
 /// large logits) are still mapped and unmapped each time.
 ///
 /// Call it first in `main`, before other threads start.

@@ -615,8 +615,8 @@ struct OrderState<R> {
 /// whose workers then only ever hold pieces of jobs. A pool worker waiting in a nested `join` runs
 /// other queued work meanwhile: were whole jobs queued there, it could start the next scene while
 /// the one below it on its stack waited for that scene to end — the writer then waits too, the
-/// window fills and cores sit idle (`prep-arkit` at 2 threads: 0.12–0.86 core-s idle in a
-/// 1.7–2.5 s run with the jobs on the pool, 0.08–0.16 with them off it; BENCHMARKS.md, issue 11),
+/// window fills and cores sit idle (`prep-arkit` at 2 threads: 0.05–0.86 core-s idle in
+/// 1.4–2.5 s runs with the jobs on the pool, 0.08–0.16 with them off it; BENCHMARKS.md, issue 11),
 /// and a worker that blocked on the full window there would never return.
 pub fn run_ordered<J: Sync, R: Send>(
     jobs: &[J],
