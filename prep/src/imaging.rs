@@ -1,7 +1,8 @@
 //! The pixel work of stored views: JPEG decoding (at full size or DCT-scaled), the bicubic
-//! resampler and the JPEG encoder. Each one gives the same bytes on every CPU (issue 11), and the
-//! codec is the one Pillow bundles, with Pillow's settings, so that a view's bytes are what a Python
-//! pipeline on Pillow (VGGT's preprocessing) would make:
+//! resampler and the JPEG encoder. Each one gives the same bytes on every CPU (x86-64 on any SIMD
+//! path, aarch64 with NEON: `ci/aarch64.sh` runs this crate's tests there), and the codec is the
+//! one Pillow bundles, with Pillow's settings, so that a view is what a Python pipeline on Pillow
+//! (VGGT's preprocessing) would make — decoded and encoded byte for byte, resized within 1/255:
 //!
 //! - decoding and encoding: libjpeg-turbo (the `turbojpeg` crate, built from its bundled 3.1
 //!   source; Pillow 13 bundles 3.2), accurate integer DCT, smooth chroma upsampling, baseline
@@ -18,9 +19,10 @@
 //!   thread in `simd/*/jsimd.c`, so the forced runs are child processes). All of it is integer
 //!   arithmetic, so the C compiler's optimisation level cannot change a byte either;
 //! - resizing: `fast_image_resize`'s convolution with the Catmull-Rom kernel (Pillow's BICUBIC,
-//!   a = −0.5, in Pillow's fixed-point arithmetic), one axis at a time in Pillow's order, so the
-//!   bytes are Pillow's (`tests::resize_matches_pillow_bicubic_on_noise`, against Pillow 13 output
-//!   in `tests/fixtures/pillow_bicubic`). It picks SIMD at run time (SSE4.1, AVX2, NEON);
+//!   a = −0.5, in fixed-point arithmetic like Pillow's), one axis at a time in Pillow's order: on
+//!   noise within 1/255 of Pillow 13, with at most 1 % of the values (0.4–0.6 % in the fixtures)
+//!   one step away, from the weights' rounding (`tests::resize_matches_pillow_bicubic_on_noise`,
+//!   `tests/fixtures/pillow_bicubic`). It picks SIMD at run time (SSE4.1, AVX2, NEON);
 //!   `tests::every_resize_path_gives_the_same_bytes` compares every path the running CPU has with
 //!   the portable one.
 //!
@@ -96,7 +98,8 @@ pub fn resize_rgb_on(
     // Pillow resamples horizontally first and rounds that pass to u8 before the vertical one;
     // fast_image_resize, given both axes, runs the vertical pass first, which on detailed images
     // differs by up to 14/255 once intermediate values clip. Two one-axis passes in Pillow's
-    // order give Pillow's bytes (`resize_matches_pillow_bicubic_on_noise`), at about the same cost.
+    // order come within 1/255 of Pillow (`resize_matches_pillow_bicubic_on_noise`), at about the
+    // same cost.
     let (from_w, from_h) = image.dimensions();
     let bytes = if from_w != width && from_h != height {
         let wide = pass(image.as_raw(), (from_w, from_h), (width, from_h))?;
@@ -120,6 +123,18 @@ pub fn draft_denominator(width: u32, height: u32, target_width: u32, target_heig
 pub fn jpeg_size(bytes: &[u8]) -> Result<(u32, u32), ImagingError> {
     let header = turbojpeg::read_header(bytes).map_err(|e| ImagingError::Decode(e.to_string()))?;
     Ok((header.width as u32, header.height as u32))
+}
+
+/// Whether these bytes are a JPEG that libjpeg-turbo turns into RGB the way Pillow's
+/// `Image.open(...).convert("RGB")` does: YCbCr, grayscale (replicated) or RGB. CMYK and YCCK
+/// JPEGs, which Pillow converts itself, are not.
+pub fn is_rgb_jpeg(bytes: &[u8]) -> bool {
+    turbojpeg::read_header(bytes).is_ok_and(|header| {
+        matches!(
+            header.colorspace,
+            turbojpeg::Colorspace::YCbCr | turbojpeg::Colorspace::Gray | turbojpeg::Colorspace::RGB
+        )
+    })
 }
 
 /// Decodes a JPEG as RGB with libjpeg-turbo, reduced by 1/`denominator` (1, 2, 4 or 8) inside its
@@ -393,6 +408,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn only_jpegs_pillow_reads_as_rgb_go_to_libjpeg_turbo() {
+        let picture = pillow_jpeg_fixture("picture_97x61.jpg");
+        assert!(is_rgb_jpeg(&picture));
+        let gray = image::GrayImage::from_fn(16, 8, |x, y| image::Luma([(x * 16 + y) as u8]));
+        let mut gray_jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut gray_jpeg, 90)
+            .encode_image(&gray)
+            .unwrap();
+        assert!(is_rgb_jpeg(&gray_jpeg));
+        let mut png = Vec::new();
+        image::RgbImage::new(4, 4)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert!(!is_rgb_jpeg(&png));
+        let cmyk = [10u8, 200, 30, 0].repeat(8 * 8);
+        let mut compressor = turbojpeg::Compressor::new().unwrap();
+        let cmyk_jpeg = compressor
+            .compress_to_vec(turbojpeg::Image {
+                pixels: cmyk.as_slice(),
+                width: 8,
+                pitch: 8 * 4,
+                height: 8,
+                format: turbojpeg::PixelFormat::CMYK,
+            })
+            .unwrap();
+        let colorspace = turbojpeg::read_header(&cmyk_jpeg).unwrap().colorspace;
+        assert!(matches!(
+            colorspace,
+            turbojpeg::Colorspace::YCCK | turbojpeg::Colorspace::CMYK
+        ));
+        assert!(!is_rgb_jpeg(&cmyk_jpeg));
     }
 
     #[test]

@@ -3,18 +3,19 @@
 //!
 //! Both end in [`stack_images`]: a `[S, 3, H, W]` f32 tensor in [0, 1] (bytes / 255, like
 //! torchvision's `ToTensor`). The size rule is `roomplan_prep::geometry::SizeRule`, the same code that
-//! sized the stored images, so prep and train cannot disagree on it. Resampling is prep's
-//! (`roomplan_prep::imaging::resize_rgb`): PIL's BICUBIC (Catmull-Rom, a = −0.5), one axis at a
-//! time in Pillow's order. On noise it is within 1/255 of Pillow 13, with 0.4–0.6 % of the values
-//! one step away (fixed-point weight rounding; `imaging::tests::resize_matches_pillow_bicubic_on_noise`);
-//! the earlier resampler differed by up to 13/255. Parity tests still feed the aggregator tensors
-//! directly.
+//! sized the stored images, so prep and train cannot disagree on it. Decoding and resampling are
+//! prep's (`roomplan_prep::imaging`): JPEGs are decoded by libjpeg-turbo with Pillow's settings, to
+//! Pillow 13's bytes ([`decode_image`]); resizing is PIL's BICUBIC (Catmull-Rom, a = −0.5) one axis
+//! at a time in Pillow's order, within 1/255 of Pillow 13 with 0.4–0.6 % of the values one step
+//! away on noise (`imaging::tests::resize_matches_pillow_bicubic_on_noise`). Parity tests still
+//! feed the aggregator tensors directly.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use image::{DynamicImage, RgbImage};
 use roomplan_prep::geometry::{ImageOp, ImageOpError, SizeRule};
+use roomplan_prep::imaging::{self, ImagingError};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -22,19 +23,37 @@ pub enum VggtInputError {
     #[error("{path}: cannot read the image: {source}")]
     Read {
         path: PathBuf,
-        source: image::ImageError,
+        source: std::io::Error,
     },
-    #[error("{what}: cannot decode the stored image: {source}")]
-    Decode {
-        what: String,
-        source: image::ImageError,
-    },
+    #[error("{what}: cannot decode the image: {source}")]
+    Decode { what: String, source: DecodeError },
     #[error("{what}: {source}")]
     Resize { what: String, source: ImageOpError },
     #[error("no images to stack")]
     Empty,
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+}
+
+/// Why an image's bytes could not be decoded, by the library that tried.
+#[derive(Debug, Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Jpeg(#[from] ImagingError),
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+}
+
+/// Decodes an image file's bytes to RGB as `PIL.Image.open(...).convert("RGB")` does for VGGT:
+/// a JPEG in YCbCr, grayscale or RGB with libjpeg-turbo at full size, the library Pillow bundles
+/// with its settings, so the pixels are Pillow's bytes (`imaging::decode_jpeg`); anything else
+/// (PNG, CMYK JPEG) with `image`, any alpha composited onto white ([`rgb_over_white`]).
+pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
+    if imaging::is_rgb_jpeg(bytes) {
+        Ok(imaging::decode_jpeg(bytes, 1)?)
+    } else {
+        Ok(rgb_over_white(image::load_from_memory(bytes)?))
+    }
 }
 
 /// RGB with any alpha composited onto white, as VGGT does before converting RGBA to RGB.
@@ -75,7 +94,7 @@ fn apply(op: &ImageOp, image: &RgbImage, what: &str) -> Result<RgbImage, VggtInp
 }
 
 /// `load_and_preprocess_images(paths, mode="crop")`: read each file (PNG or JPEG), composite alpha
-/// onto white, size it by `rule` (VGGT's: `SizeRule::default()`), and stack.
+/// onto white ([`decode_image`]), size it by `rule` (VGGT's: `SizeRule::default()`), and stack.
 pub fn load_and_preprocess_images<P: AsRef<Path>>(
     paths: &[P],
     rule: &SizeRule,
@@ -85,11 +104,16 @@ pub fn load_and_preprocess_images<P: AsRef<Path>>(
         .iter()
         .map(|path| {
             let path = path.as_ref();
-            let image = image::open(path).map_err(|source| VggtInputError::Read {
+            let what = path.display().to_string();
+            let bytes = std::fs::read(path).map_err(|source| VggtInputError::Read {
                 path: path.to_path_buf(),
                 source,
             })?;
-            preprocess_crop(&rgb_over_white(image), rule, &path.display().to_string())
+            let image = decode_image(&bytes).map_err(|source| VggtInputError::Decode {
+                what: what.clone(),
+                source,
+            })?;
+            preprocess_crop(&image, rule, &what)
         })
         .collect::<Result<Vec<_>, _>>()?;
     stack_images(&images, device)
@@ -97,11 +121,10 @@ pub fn load_and_preprocess_images<P: AsRef<Path>>(
 
 /// Decode an image stored in a shard view (JPEG or PNG bytes); `what` names the view in errors.
 pub fn decode_stored_image(bytes: &[u8], what: &str) -> Result<RgbImage, VggtInputError> {
-    let image = image::load_from_memory(bytes).map_err(|source| VggtInputError::Decode {
+    decode_image(bytes).map_err(|source| VggtInputError::Decode {
         what: what.to_string(),
         source,
-    })?;
-    Ok(rgb_over_white(image))
+    })
 }
 
 /// Stack images into `[S, 3, H, W]` in [0, 1]. Images of different sizes are padded with white (1.0)
@@ -212,6 +235,38 @@ mod tests {
     }
 
     #[test]
+    fn jpegs_decode_to_pillows_bytes() {
+        // Pillow 13's `Image.open(path).convert("RGB")` of these JPEGs (tools/parity/pillow_jpeg.py).
+        let fixtures =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../prep/tests/fixtures/pillow_jpeg");
+        let read = |name: &str| {
+            std::fs::read(fixtures.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        for stem in ["picture_203x151", "picture_97x61"] {
+            let jpeg = read(&format!("{stem}.jpg"));
+            let pillow = read(&format!("{stem}_full.rgb"));
+            let ours = decode_stored_image(&jpeg, stem).unwrap();
+            assert!(
+                ours.as_raw() == &pillow,
+                "{stem}: differs from Pillow's decode"
+            );
+            // `image`'s own decoder (used here until 2026-12) does not give Pillow's bytes: this
+            // test tells the two apart.
+            let other = image::load_from_memory(&jpeg).unwrap().into_rgb8();
+            let max_diff = other
+                .as_raw()
+                .iter()
+                .zip(&pillow)
+                .map(|(a, b)| a.abs_diff(*b))
+                .max();
+            assert!(
+                max_diff > Some(0),
+                "{stem}: image's decoder now equals Pillow's"
+            );
+        }
+    }
+
+    #[test]
     fn files_load_like_vggt_and_errors_name_them() {
         let dir = tempfile::tempdir().unwrap();
         let landscape = dir.path().join("landscape.png");
@@ -254,7 +309,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("scene0000_00 view 3: cannot decode the stored image"),
+            err.starts_with("scene0000_00 view 3: cannot decode the image"),
             "{err}"
         );
     }
