@@ -13,13 +13,11 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct CacheEntry {
@@ -218,21 +216,11 @@ fn file_stamp(meta: &fs::Metadata) -> (u64, i128, u64) {
     (meta.len(), mtime, 0)
 }
 
-/// sha256 of a file, read in 1 MiB blocks.
+/// sha256 of a file ([`crate::manifest::sha256_file`]), with the file named in errors.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("{}: read error", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    let (sha256, _) = crate::manifest::sha256_file(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(sha256)
 }
 
 #[cfg(test)]
