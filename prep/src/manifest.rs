@@ -363,9 +363,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Files at least this large are hashed through read-only memory maps of [`HASH_MAP_WINDOW`]
 /// bytes at a time instead of `read` into a buffer: the sha256 then reads the page cache
-/// directly, without the kernel's copy (5 % less CPU for the hash of 3 000-frame `.sens` files,
-/// `examples/hash_paths.rs`, BENCHMARKS.md "Hashing through memory maps"). Below it the mapping's
-/// setup costs more than the copy.
+/// directly, without the kernel's copy: 5–13 % less CPU for the hash of synthetic `.sens` files
+/// of 300 and 3 000 frames (`examples/hash_paths.rs`; BENCHMARKS.md, "Hashing through memory
+/// maps, ..."). Below it the mapping's setup costs more than the copy.
 pub const HASH_THROUGH_MAP_BYTES: u64 = 4 << 20;
 
 /// The window mapped at a time: as fast as one map of the whole file, and what is mapped (and so
